@@ -1,0 +1,143 @@
+"""The interface every bound domain implements, the shared affine-map machinery, and the domain registry.
+
+A domain state over-approximates the set of values one layer takes when the input ranges over a box.  States are
+immutable: each method returns a new state.  Shapes: a state for a batch of ``B`` boxes describes tensors
+``[B, *shape]`` (one sample's layer shape); :meth:`Domain.concretize` returns ``(lb, ub)`` of that shape.
+
+Forward domains here keep "rows": a lower and an upper tensor ``[B, R, *shape]``, where row 0 is the constant term and
+rows ``1..R-1`` are coefficients of the ``R-1`` input variables (``R = 1`` for intervals).  An affine map sends
+``(lower, upper)`` to ``(W mid - |W| rad, W mid + |W| rad)`` with ``mid = (lower+upper)/2``, ``rad = (upper-lower)/2``,
+which equals the usual ``W+ lower + W- upper`` split with half the matrix products; the bias goes to row 0 only.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Domain", "RowDomain", "DOMAINS", "register_domain", "get_domain", "map_linear", "map_conv"]
+
+D = TypeVar("D", bound="Domain")
+
+
+class Domain(ABC):
+    """Abstract bound domain: propagate through linear/conv/affine/flatten/relu/add, then concretize."""
+
+    @classmethod
+    @abstractmethod
+    def from_box(cls: type[D], lo: torch.Tensor, hi: torch.Tensor) -> D:
+        """The state of the input box ``lo <= x <= hi`` (``[B, *input_shape]``)."""
+
+    @abstractmethod
+    def linear(self: D, weight: torch.Tensor, bias: torch.Tensor | None) -> D: ...
+
+    @abstractmethod
+    def conv(self: D, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+             padding: tuple[int, int]) -> D: ...
+
+    @abstractmethod
+    def affine(self: D, scale: torch.Tensor, shift: torch.Tensor) -> D: ...
+
+    @abstractmethod
+    def flatten(self: D) -> D: ...
+
+    @abstractmethod
+    def relu(self: D) -> D: ...
+
+    @abstractmethod
+    def add(self: D, other: D) -> D: ...
+
+    @abstractmethod
+    def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sound elementwise ``(lb, ub)`` of the current layer, each ``[B, *shape]``."""
+
+
+def map_linear(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows`` ``[B, R, in]`` through ``weight`` ``[out, in]`` or ``[B, out, in]`` (no bias) -> ``[B, R, out]``."""
+    if weight.dim() == 2:
+        return rows @ weight.t()
+    return torch.einsum("bri,boi->bro", rows, weight)
+
+
+def map_conv(rows: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+             padding: tuple[int, int]) -> torch.Tensor:
+    """``rows`` ``[B, R, C, H, W]`` through a bias-free convolution -> ``[B, R, C', H', W']``."""
+    b, r = rows.shape[:2]
+    out = F.conv2d(rows.reshape(b * r, *rows.shape[2:]), weight, None, stride, padding)
+    return out.view(b, r, *out.shape[1:])
+
+
+def _add_row0(rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Add ``bias`` to the constant row of a freshly computed ``rows`` (in place: no copy of the coefficients)."""
+    if bias is not None:
+        rows[:, :1] += bias
+    return rows
+
+
+class RowDomain(Domain):
+    """A forward domain stored as lower/upper rows ``[B, R, *shape]``; affine maps are shared here."""
+
+    @abstractmethod
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lower, upper)`` rows ``[B, R, *shape]``."""
+
+    @abstractmethod
+    def with_rows(self: D, lower: torch.Tensor, upper: torch.Tensor, op: Callable[[Domain], Domain]) -> D:
+        """A new state with these rows; ``op`` replays the same layer on any companion state."""
+
+    @abstractmethod
+    def tighten(self: D, lo: torch.Tensor, hi: torch.Tensor) -> D:
+        """This state with the extra sound knowledge ``lo <= x <= hi`` about the current layer."""
+
+    def _midrad(self: D, f: Callable[[torch.Tensor], torch.Tensor], f_abs: Callable[[torch.Tensor], torch.Tensor],
+                bias: torch.Tensor | None, op: Callable[[Domain], Domain]) -> D:
+        lower, upper = self.rows()
+        if lower is upper:  # an exact affine function of the input so far: one product suffices
+            out = _add_row0(f(lower), bias)
+            return self.with_rows(out, out, op)
+        mid = _add_row0(f((lower + upper) / 2), bias)
+        rad = f_abs((upper - lower) / 2)
+        return self.with_rows(mid - rad, mid + rad, op)
+
+    def linear(self: D, weight: torch.Tensor, bias: torch.Tensor | None) -> D:
+        b = None if bias is None else (bias[:, None] if bias.dim() == 2 else bias)
+        return self._midrad(lambda r: map_linear(r, weight), lambda r: map_linear(r, weight.abs()), b,
+                            lambda s: s.linear(weight, bias))
+
+    def conv(self: D, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+             padding: tuple[int, int]) -> D:
+        b = None if bias is None else bias.view(1, 1, -1, 1, 1)
+        return self._midrad(lambda r: map_conv(r, weight, stride, padding),
+                            lambda r: map_conv(r, weight.abs(), stride, padding), b,
+                            lambda s: s.conv(weight, bias, stride, padding))
+
+    def affine(self: D, scale: torch.Tensor, shift: torch.Tensor) -> D:
+        shift = shift.expand_as(scale) if shift.dim() < scale.dim() else shift
+        return self._midrad(lambda r: r * scale, lambda r: r * scale.abs(), shift, lambda s: s.affine(scale, shift))
+
+    def flatten(self: D) -> D:
+        lower, upper = self.rows()
+        return self.with_rows(lower.flatten(2), upper.flatten(2), lambda s: s.flatten())
+
+
+DOMAINS: dict[str, type[Domain]] = {}
+
+
+def register_domain(name: str) -> Callable[[type[D]], type[D]]:
+    """Class decorator: make a domain available by the name used in params.yaml."""
+    def deco(cls: type[D]) -> type[D]:
+        if name in DOMAINS:
+            raise ValueError(f"bound domain {name!r} registered twice")
+        DOMAINS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def get_domain(name: str) -> type[Domain]:
+    """The domain class registered as ``name`` (``ValueError`` naming the known ones otherwise)."""
+    if name not in DOMAINS:
+        raise ValueError(f"unknown bound domain {name!r}; expected one of {sorted(DOMAINS)}")
+    return DOMAINS[name]

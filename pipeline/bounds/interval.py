@@ -1,0 +1,45 @@
+"""Interval bound propagation (IBP; Gowal et al. 2018, Mirman et al. 2018's Box).
+
+State: elementwise ``lo <= x <= hi`` ``[B, *shape]``.  Affine layers use the centre/radius form; ReLU is monotone so
+``[relu(lo), relu(hi)]``.  Cost: two forward passes of the layer per step (one with ``|W|``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline.bounds.base import Domain, RowDomain, register_domain
+
+__all__ = ["IntervalDomain"]
+
+
+@register_domain("interval")
+class IntervalDomain(RowDomain):
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor):
+        self.lo = lo
+        self.hi = hi
+
+    @classmethod
+    def from_box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "IntervalDomain":
+        return cls(lo, hi)
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lo[:, None], self.hi[:, None]
+
+    def with_rows(self, lower: torch.Tensor, upper: torch.Tensor,
+                  op: Callable[[Domain], Domain]) -> "IntervalDomain":
+        return IntervalDomain(lower[:, 0], upper[:, 0])
+
+    def relu(self) -> "IntervalDomain":
+        return IntervalDomain(self.lo.clamp_min(0), self.hi.clamp_min(0))
+
+    def add(self, other: "IntervalDomain") -> "IntervalDomain":
+        return IntervalDomain(self.lo + other.lo, self.hi + other.hi)
+
+    def tighten(self, lo: torch.Tensor, hi: torch.Tensor) -> "IntervalDomain":
+        """Both this box and ``[lo, hi]`` are sound, so their intersection is."""
+        return IntervalDomain(torch.maximum(self.lo, lo), torch.minimum(self.hi, hi))
+
+    def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lo, self.hi

@@ -1,0 +1,114 @@
+"""Symbolic linear relaxation: the paper's sound approximation (Neurify, Wang et al., NeurIPS 2018).
+
+Every neuron carries two linear equations in the input, ``L(x) <= z(x) <= U(x)``.  The input box is written
+``x = c + r * t`` with ``t`` in ``[-1, 1]^d``, so an equation is a row of constants plus ``d`` coefficient rows
+(``[B, 1 + d, *shape]``) and concretises as ``e_0 -+ sum |e_i|``.  Affine layers map both equations exactly
+(:class:`~pipeline.bounds.base.RowDomain`).  At a ReLU each equation is relaxed with its own concrete bounds by the
+domain's ``relax`` (the parallel relaxation here: an unstable ``U`` with bounds ``[l, u]`` becomes
+``u/(u-l) * (U - l)``, an unstable ``L`` becomes ``u/(u-l) * L``).
+
+Companion interval: the state also carries interval bounds, intersected with the symbolic ones at every ReLU and at
+:meth:`concretize`.  Stability is decided on the intersection (a neuron the interval proves dead or active is exact),
+and the result is never looser than plain IBP on the same box.  Without it, the theory allows exceptions: the parallel
+lower line ``s * L`` concretises below 0 where IBP has 0, and errors compound over layers, so a pure symbolic bound
+can be looser than IBP (``intersect_interval = False`` shows it; see docs/bounds.md).
+
+Cost: the coefficient rows make every layer as expensive as a batch of ``d`` inputs (784 on MNIST, 3072 on CIFAR) per
+sample, which is why MixTrain computes this loss on ``k`` samples only.  Gradients flow through all of it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline.bounds.base import Domain, RowDomain, register_domain
+from pipeline.bounds.interval import IntervalDomain
+from pipeline.bounds.relu import RelaxFn, relax_parallel
+
+__all__ = ["SymbolicLinearDomain", "input_rows", "concretize_rows"]
+
+
+def input_rows(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Rows ``[B, 1 + d, *shape]`` of the identity map ``x = c + r * t`` of the box ``[lo, hi]``."""
+    b, shape = lo.shape[0], lo.shape[1:]
+    c, r = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+    d = c.shape[1]
+    coeffs = torch.diag_embed(r)  # [B, d, d]
+    return torch.cat([c[:, None], coeffs], dim=1).view(b, 1 + d, *shape)
+
+
+def concretize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of each equation over ``t`` in ``[-1, 1]^d``: ``(e_0 - sum|e_i|, e_0 + sum|e_i|)``."""
+    spread = rows[:, 1:].abs().sum(1)
+    return rows[:, 0] - spread, rows[:, 0] + spread
+
+
+def _apply_line(rows: torch.Tensor, slope: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    out = rows * slope[:, None]
+    out[:, 0] += bias  # fresh tensor: in place is safe for autograd and avoids copying the coefficients
+    return out
+
+
+def _exact_where(slope: torch.Tensor, bias: torch.Tensor, dead: torch.Tensor,
+                 active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Override a line by the exact map where the neuron is proven dead (0) or active (identity)."""
+    slope = torch.where(dead, torch.zeros_like(slope), torch.where(active, torch.ones_like(slope), slope))
+    return slope, torch.where(dead | active, torch.zeros_like(bias), bias)
+
+
+@register_domain("symbolic_linear")
+class SymbolicLinearDomain(RowDomain):
+    relax: RelaxFn = staticmethod(relax_parallel)
+    intersect_interval: bool = True
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, companion: IntervalDomain):
+        self.lower = lower
+        self.upper = upper
+        self.companion = companion
+
+    @classmethod
+    def from_box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "SymbolicLinearDomain":
+        rows = input_rows(lo, hi)
+        return cls(rows, rows, IntervalDomain(lo, hi))
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lower, self.upper
+
+    def with_rows(self, lower: torch.Tensor, upper: torch.Tensor,
+                  op: Callable[[Domain], Domain]) -> "SymbolicLinearDomain":
+        return type(self)(lower, upper, op(self.companion))
+
+    def _pre_bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        low_l, low_u = concretize_rows(self.lower)
+        up_l, up_u = concretize_rows(self.upper)
+        return low_l, low_u, up_l, up_u
+
+    def relu(self) -> "SymbolicLinearDomain":
+        low_l, low_u, up_l, up_u = self._pre_bounds()
+        pre_lo, pre_hi = low_l, up_u
+        if self.intersect_interval:
+            pre_lo = torch.maximum(pre_lo, self.companion.lo)
+            pre_hi = torch.minimum(pre_hi, self.companion.hi)
+        lo_line = self.relax(low_l, low_u)
+        up_line = self.relax(up_l, up_u)
+        # Neurons proven dead or active on the (intersected) pre-activation bounds are exact.
+        dead, active = pre_hi <= 0, pre_lo >= 0
+        lower = _apply_line(self.lower, *_exact_where(lo_line.lower_slope, lo_line.lower_bias, dead, active))
+        upper = _apply_line(self.upper, *_exact_where(up_line.upper_slope, up_line.upper_bias, dead, active))
+        companion = IntervalDomain(pre_lo.clamp_min(0), pre_hi.clamp_min(0))
+        return type(self)(lower, upper, companion)
+
+    def tighten(self, lo: torch.Tensor, hi: torch.Tensor) -> "SymbolicLinearDomain":
+        """The same equations with extra sound bounds ``[lo, hi]`` on the current layer (kept in the companion)."""
+        return type(self)(self.lower, self.upper, self.companion.tighten(lo, hi))
+
+    def add(self, other: "SymbolicLinearDomain") -> "SymbolicLinearDomain":
+        return type(self)(self.lower + other.lower, self.upper + other.upper, self.companion.add(other.companion))
+
+    def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lb, _ = concretize_rows(self.lower)
+        _, ub = concretize_rows(self.upper)
+        if self.intersect_interval:
+            lb, ub = torch.maximum(lb, self.companion.lo), torch.minimum(ub, self.companion.hi)
+        return lb, ub

@@ -1,0 +1,435 @@
+"""params.yaml -> validated, typed configuration; the run grid; per-run resolved configs.
+
+Library code only ever sees the dataclasses built here (never argparse or Snakemake).  :func:`load_params` validates
+everything once and raises :class:`~pipeline.errors.ConfigError` naming the key.  :func:`train_configs` and
+:func:`eval_configs` resolve the grid into one JSON-serialisable config per training and per evaluation; their
+:meth:`digest` (over every value that changes the outputs, not over where the data lives or which device runs it)
+keys checkpoints, so a changed parameter never resumes from a stale checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+__all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "RunSpec", "Params", "TrainConfig",
+           "EvalConfig", "load_params", "params_from_dict", "parse_eps", "canonical_run_id", "train_configs",
+           "eval_configs", "MODEL_DATASETS"]
+
+#: zoo model -> dataset (kept here, torch-free, so the workflow can validate without importing torch)
+MODEL_DATASETS = {"MNIST_FC1": "mnist", "MNIST_FC2": "mnist", "MNIST_Small": "mnist", "MNIST_Large": "mnist",
+                  "CIFAR_Small": "cifar10", "CIFAR_Large": "cifar10", "CIFAR_Resnet": "cifar10", "CNN7": "cifar10"}
+KNOWN_DOMAINS = ("interval", "symbolic_interval", "symbolic_linear", "backward", "backward_crown", "backward_ibp",
+                 "hybrid_zonotope")
+#: method -> top-level parameters it follows unless a run overrides them
+FOLLOWS_TOP_LEVEL = {"mixtrain": ("k",)}
+#: methods whose training does not depend on ε (one trained model serves every ε row)
+EPS_FREE_METHODS = ("natural",)
+#: the pseudo-method of runs that evaluate a published checkpoint instead of training
+EXTERNAL = "external"
+DATASETS = ("mnist", "cifar10")
+
+
+def _req(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    if key not in d:
+        raise ConfigError(f"{where}.{key}: missing (required)")
+    return d[key]
+
+
+def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {extra}; expected only {sorted(allowed)}")
+
+
+def _num(v: Any, where: str, lo: float | None = None, hi: float | None = None, integer: bool = False,
+         allow_none: bool = False) -> Any:
+    if v is None and allow_none:
+        return None
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok:
+        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}"
+                          f"{' or null' if allow_none else ''}, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(f"{where}: {v!r} out of range [{lo}, {hi}]")
+    return v
+
+
+def _dc(cls: type, d: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``d``: every field required, no unknown keys, types checked."""
+    names = {f.name for f in fields(cls)}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    _check_keys(d, names, where)
+    kwargs = {}
+    for f in fields(cls):
+        v = _req(d, f.name, where)
+        t = str(f.type)
+        if "bool" in t:
+            if not isinstance(v, bool):
+                raise ConfigError(f"{where}.{f.name}: expected true/false, got {v!r}")
+        elif t.startswith("int"):
+            v = _num(v, f"{where}.{f.name}", lo=0, integer=True, allow_none="None" in t)
+        elif t.startswith("float"):
+            v = float(_num(v, f"{where}.{f.name}", lo=0))
+        elif t.startswith("str") and not isinstance(v, str):
+            raise ConfigError(f"{where}.{f.name}: expected a string, got {v!r}")
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    epochs: int
+    batch_size: int
+    train_limit: int | None
+    batches_per_epoch: int | None
+    val_limit: int
+    test_images: int
+    test_images_large: int
+    eps_ramp_epochs: int
+    lr_decay_every: int
+    augment_cifar: bool
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_limit", "test_images", "test_images_large", "lr_decay_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"scales.*.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.test_images > 1024 or self.test_images_large > 1024:
+            raise ConfigError("scales.*.test_images: at most 1024 (the committed test subset)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    decay_factor: float
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adam", "sgd"):
+            raise ConfigError(f"optim.*.name: expected 'adam' or 'sgd', got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vra_domains: tuple[str, ...]
+    large: bool
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    dtype: str
+    margin_tol: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"verify.dtype: expected float32 or float64, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    method: str
+    model: str
+    eps_text: str
+    eps: float
+    overrides: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None  # external runs: {path, mean, std}
+
+    @property
+    def dataset(self) -> str:
+        return MODEL_DATASETS[self.model]
+
+    @property
+    def train_id(self) -> str:
+        if self.method in EPS_FREE_METHODS:
+            return self.run_id.rsplit("-eps", 1)[0]
+        return self.run_id
+
+
+def parse_eps(v: Any, where: str) -> tuple[float, str]:
+    """ε in pixel space: a number or a fraction string such as ``"2/255"`` -> (value, id tag)."""
+    if isinstance(v, str) and re.fullmatch(r"\d+/\d+", v.strip()):
+        frac = Fraction(v.strip())
+        value, tag = float(frac), f"{frac.numerator}_{frac.denominator}"
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        value, tag = float(v), f"{v}"
+    else:
+        raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {v!r}")
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{where}: ε={v!r} must lie in [0, 1] (pixel space)")
+    return value, tag
+
+
+def canonical_run_id(method: str, model: str, eps_tag: str, overrides: dict[str, Any]) -> str:
+    suffix = "".join(f"-{k}{overrides[k]}" for k in sorted(overrides))
+    return f"{method}{suffix}-{model}-eps{eps_tag}"
+
+
+@dataclass(frozen=True)
+class Params:
+    root: Path
+    scale: str
+    data_root: Path
+    seed: int
+    k: int
+    device: str
+    threads: int
+    val_size: int
+    split_seed: int
+    verify: VerifyConfig
+    scales: dict[str, ScaleConfig]
+    optim: dict[str, OptimConfig]
+    eps_start: dict[str, float]
+    models: dict[str, ModelConfig]
+    methods: dict[str, dict[str, Any]]
+    runs: dict[str, RunSpec]
+    tables: dict[str, list[str]]
+
+    @property
+    def scale_config(self) -> ScaleConfig:
+        return self.scales[self.scale]
+
+    def results_dir(self) -> Path:
+        return self.root / "results" / self.scale
+
+    def method_params(self, run: RunSpec) -> dict[str, Any]:
+        # A hyperparameter given per dataset ({mnist: .., cifar10: ..}) resolves to the run's dataset's value, so a
+        # CIFAR-only change never touches MNIST runs.
+        resolved = {k: (v[run.dataset] if isinstance(v, dict) and set(v) == set(DATASETS) else v)
+                    for k, v in self.methods[run.method].items()}
+        for key in FOLLOWS_TOP_LEVEL.get(run.method, ()):
+            resolved[key] = getattr(self, key)
+        resolved.update(run.overrides)
+        return resolved
+
+
+TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "data", "verify", "scales", "optim", "eps_start",
+            "models", "methods", "runs", "tables"}
+
+
+def _external_run(rid: str, spec: dict, model: str, models: dict, root: Path) -> RunSpec:
+    where = f"runs.{rid}"
+    if model not in models:
+        raise ConfigError(f"{where}.model: {model!r} is not a model in 'models' ({sorted(models)})")
+    eps, tag = parse_eps(_req(spec, "eps", where), f"{where}.eps")
+    ck = _req(spec, "checkpoint", where)
+    _check_keys(ck, {"path", "mean", "std"}, f"{where}.checkpoint")
+    path = Path(str(_req(ck, "path", f"{where}.checkpoint")))
+    path = path if path.is_absolute() else root / path
+    channels = 1 if MODEL_DATASETS[model] == "mnist" else 3
+    for key in ("mean", "std"):
+        v = _req(ck, key, f"{where}.checkpoint")
+        if not isinstance(v, list) or len(v) != channels or not all(isinstance(t, (int, float)) for t in v) \
+                or (key == "std" and any(t <= 0 for t in v)):
+            raise ConfigError(f"{where}.checkpoint.{key}: expected a list of {channels} numbers"
+                              f"{' > 0' if key == 'std' else ''}, got {v!r}")
+    expected = f"{EXTERNAL}-{path.stem}-{model}-eps{tag}"
+    if rid != expected:
+        raise ConfigError(f"{where}: run id must name the checkpoint, model and ε; expected {expected!r}")
+    if spec.get("overrides"):
+        raise ConfigError(f"{where}.overrides: external runs take no overrides")
+    return RunSpec(rid, EXTERNAL, model, str(spec["eps"]), eps, {},
+                   {"path": str(path), "mean": list(ck["mean"]), "std": list(ck["std"])})
+
+
+def _runs(raw: Any, methods: dict, models: dict, root: Path) -> dict[str, RunSpec]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("runs: expected a non-empty mapping of run id -> {method, model, eps, overrides}")
+    out = {}
+    for rid, spec in raw.items():
+        where = f"runs.{rid}"
+        _check_keys(spec if isinstance(spec, dict) else {}, {"method", "model", "eps", "overrides", "checkpoint"},
+                    where)
+        method, model = _req(spec, "method", where), _req(spec, "model", where)
+        if method == EXTERNAL:
+            out[rid] = _external_run(rid, spec, model, models, root)
+            continue
+        if "checkpoint" in spec:
+            raise ConfigError(f"{where}.checkpoint: only runs with method '{EXTERNAL}' take a checkpoint")
+        if method not in methods:
+            raise ConfigError(f"{where}.method: {method!r} is not a method in 'methods' ({sorted(methods)})")
+        if model not in models:
+            raise ConfigError(f"{where}.model: {model!r} is not a model in 'models' ({sorted(models)})")
+        eps, tag = parse_eps(_req(spec, "eps", where), f"{where}.eps")
+        overrides = spec.get("overrides") or {}
+        allowed = set(methods[method]) | set(FOLLOWS_TOP_LEVEL.get(method, ()))
+        _check_keys(overrides, allowed, f"{where}.overrides")
+        expected = canonical_run_id(method, model, tag, overrides)
+        if rid != expected:
+            raise ConfigError(f"{where}: run id must name every value that changes its outputs; expected {expected!r}")
+        out[rid] = RunSpec(rid, method, model, str(spec["eps"]), eps, dict(overrides))
+    return out
+
+
+def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
+    """Validate a params mapping (as loaded from params.yaml, with overrides applied)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml: expected a mapping at the top level")
+    _check_keys(raw, TOP_KEYS, "params.yaml")
+    scales = {name: _dc(ScaleConfig, s, f"scales.{name}") for name, s in (_req(raw, "scales", "params") or {}).items()}
+    scale = _req(raw, "scale", "params")
+    if scale not in scales:
+        raise ConfigError(f"scale: {scale!r} is not defined under 'scales' (have {sorted(scales)})")
+    data_root = Path(str(_req(raw, "data_root", "params")))
+    data_root = data_root if data_root.is_absolute() else (root / data_root)
+    if not data_root.is_dir():
+        raise ConfigError(f"data_root: {data_root} is not a directory (expected it to hold mnist/ and "
+                          "cifar-10-batches-py/)")
+    device = _req(raw, "device", "params")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: expected auto, cpu or cuda, got {device!r}")
+    data = _req(raw, "data", "params")
+    _check_keys(data, {"val_size", "split_seed"}, "data")
+    optim = {ds: _dc(OptimConfig, o, f"optim.{ds}") for ds, o in _req(raw, "optim", "params").items()}
+    eps_start = {ds: parse_eps(v, f"eps_start.{ds}")[0] for ds, v in _req(raw, "eps_start", "params").items()}
+    for ds in ("mnist", "cifar10"):
+        if ds not in optim or ds not in eps_start:
+            raise ConfigError(f"optim.{ds} / eps_start.{ds}: missing (required for every dataset)")
+    models = {}
+    for name, m in _req(raw, "models", "params").items():
+        if name not in MODEL_DATASETS:
+            raise ConfigError(f"models.{name}: unknown model; expected one of {sorted(MODEL_DATASETS)}")
+        _check_keys(m, {"vra_domains", "large"}, f"models.{name}")
+        doms = _req(m, "vra_domains", f"models.{name}")
+        if not isinstance(doms, list) or not doms or any(d not in KNOWN_DOMAINS for d in doms):
+            raise ConfigError(f"models.{name}.vra_domains: expected a non-empty list from {list(KNOWN_DOMAINS)}, "
+                              f"got {doms!r}")
+        models[name] = ModelConfig(tuple(doms), bool(_req(m, "large", f"models.{name}")))
+    methods = _req(raw, "methods", "params")
+    if not isinstance(methods, dict) or any(not isinstance(v, dict) for v in methods.values()):
+        raise ConfigError("methods: expected a mapping of method name -> mapping of its hyperparameters")
+    runs = _runs(_req(raw, "runs", "params"), methods, models, root)
+    tables = _req(raw, "tables", "params")
+    for t, rows in tables.items():
+        if not isinstance(rows, list):
+            raise ConfigError(f"tables.{t}: expected a list of run ids")
+        for r in rows:
+            if r not in runs:
+                raise ConfigError(f"tables.{t}: run {r!r} is not defined under 'runs'")
+    return Params(
+        root=root, scale=scale, data_root=data_root.resolve(),
+        seed=_num(_req(raw, "seed", "params"), "seed", lo=0, integer=True),
+        k=_num(_req(raw, "k", "params"), "k", lo=1, integer=True), device=device,
+        threads=_num(_req(raw, "threads", "params"), "threads", lo=0, integer=True),
+        val_size=_num(_req(data, "val_size", "data"), "data.val_size", lo=1, integer=True),
+        split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, integer=True),
+        verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
+        scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables)
+
+
+def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml; ``overrides`` replace top-level keys (as Snakemake's ``--config`` does)."""
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **overrides}
+    return params_from_dict(raw, path.parent)
+
+
+class _Digest:
+    """Mixin: a stable hash over the fields that change outputs (not locations or devices)."""
+    _NOT_HASHED: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def digest(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps({**self.to_dict(), "digest": self.digest()}, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str):
+        d = json.loads(text)
+        d.pop("digest", None)
+        return cls(**{f.name: d[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Digest):
+    train_id: str
+    scale: str
+    method: str
+    method_params: dict[str, Any]
+    model: str
+    dataset: str
+    eps: float
+    eps_start: float
+    seed: int
+    val_size: int
+    split_seed: int
+    schedule: dict[str, Any]
+    optim: dict[str, Any]
+    data_root: str
+    device: str
+    threads: int
+    _NOT_HASHED = ("data_root", "device", "threads")
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Digest):
+    run_id: str
+    train_id: str
+    scale: str
+    method: str
+    model: str
+    dataset: str
+    eps: float
+    eps_text: str
+    test_images: int
+    vra_domains: list[str]
+    verify: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    data_root: str
+    device: str
+    threads: int
+    _NOT_HASHED = ("data_root", "device", "threads")
+
+
+def train_configs(p: Params) -> dict[str, TrainConfig]:
+    """One config per distinct training of the grid (ε-free methods share one model across ε rows)."""
+    out: dict[str, TrainConfig] = {}
+    s = p.scale_config
+    for run in p.runs.values():
+        if run.method == EXTERNAL:
+            continue
+        ds = run.dataset
+        eps = 0.0 if run.method in EPS_FREE_METHODS else run.eps
+        out[run.train_id] = TrainConfig(
+            train_id=run.train_id, scale=p.scale, method=run.method, method_params=p.method_params(run),
+            model=run.model, dataset=ds, eps=eps, eps_start=min(p.eps_start[ds], eps), seed=p.seed,
+            val_size=p.val_size, split_seed=p.split_seed, schedule=asdict(s), optim=asdict(p.optim[ds]),
+            data_root=str(p.data_root), device=p.device, threads=p.threads)
+    return out
+
+
+def eval_configs(p: Params) -> dict[str, EvalConfig]:
+    s = p.scale_config
+    return {rid: EvalConfig(
+        run_id=rid, train_id=run.train_id, scale=p.scale, method=run.method, model=run.model, dataset=run.dataset,
+        eps=run.eps, eps_text=run.eps_text,
+        test_images=s.test_images_large if p.models[run.model].large else s.test_images,
+        vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify), checkpoint=run.checkpoint,
+        data_root=str(p.data_root),
+        device=p.device, threads=p.threads) for rid, run in p.runs.items()}

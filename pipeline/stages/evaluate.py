@@ -1,0 +1,66 @@
+"""Stage: evaluate one run of the grid on the fixed seeded test subset.
+
+``python -m pipeline.stages.evaluate --config <eval config json> --model <model.pt or external checkpoint>
+[--train-json <train.json>] --out <dir>`` writes ``samples.json`` (per sample: id, label, prediction, verified,
+verifying domain, min margin lower bound) and then ``metrics.json`` (ACC, VRA with 95% intervals, training costs,
+provenance), both atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.config import EXTERNAL, EvalConfig
+from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices
+from pipeline.evaluation import evaluate_model, summarize
+from pipeline.models import load_external, load_model
+from pipeline.utils import atomic_write_json, provenance, resolve_device, sha256_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--train-json", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    cfg = EvalConfig.from_json(args.config.read_text())
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.method == EXTERNAL:
+        ck = cfg.checkpoint
+        model = load_external(cfg.model, args.model, ck["mean"], ck["std"])
+    else:
+        norm = NORMALIZATION[cfg.dataset]
+        model = load_model(cfg.model, args.model, norm.mean, norm.std)
+    model = model.to(device)
+    test = load_split(cfg.dataset, cfg.data_root, "test")
+    ids = load_test_subset(cfg.dataset)[: cfg.test_images]
+    idx = subset_indices(test, ids)
+    x, y = test.float_images(idx).to(device), test.y[idx].to(device)
+    dtype = getattr(torch, cfg.verify["dtype"])
+    samples = evaluate_model(model, x, y, ids, cfg.eps, cfg.vra_domains, dtype, cfg.verify["margin_tol"],
+                             cfg.verify["batch_size"])
+    train_info = json.loads(args.train_json.read_text()) if args.train_json else {}
+    metrics = {
+        "run_id": cfg.run_id, "train_id": cfg.train_id, "scale": cfg.scale, "method": cfg.method,
+        "model": cfg.model, "dataset": cfg.dataset, "eps": cfg.eps, "eps_text": cfg.eps_text,
+        **summarize(samples), "vra_domains": cfg.vra_domains, "verify": cfg.verify,
+        "train": {k: train_info.get(k) for k in ("batch_time_s", "train_time_s", "peak_mem_mb", "peak_mem_kind",
+                                                 "steps", "train_images", "history")} if train_info else None,
+        "provenance": provenance(device, cfg.digest(), dtype=f"model float32, bounds {cfg.verify['dtype']}",
+                                 checkpoint_sha256=sha256_file(args.model)),
+    }
+    atomic_write_json(args.out / "samples.json", samples.to_dict())
+    atomic_write_json(args.out / "metrics.json", metrics)
+    print(f"{cfg.run_id}: ACC {metrics['acc']:.4f} VRA {metrics['vra']:.4f} (n={metrics['n']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

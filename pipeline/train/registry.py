@@ -1,0 +1,69 @@
+"""Training methods: a small base class and a registry keyed by the names used in params.yaml.
+
+A method turns a batch into a loss; the :mod:`~pipeline.train.trainer` owns everything else (data, optimiser,
+ε ramp, checkpoints, timing).  Adding a method is adding one file with one ``@register_method`` class.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = ["Method", "METHODS", "register_method", "get_method", "implemented_methods"]
+
+M = TypeVar("M", bound="Method")
+
+
+class Method:
+    """Base class.  ``params`` are the run's resolved hyperparameters (params.yaml ``methods.<name>`` + overrides).
+
+    ``uses_eps``: whether training depends on ε (if not, one model serves every ε row of the grid).
+    Subclasses implement :meth:`loss`; stateful ones (e.g. an adaptive α) also :meth:`end_epoch`,
+    :meth:`state_dict` and :meth:`load_state_dict` (plain numbers only, so checkpoints load with weights_only).
+    """
+    name: str = ""
+    uses_eps: bool = True
+
+    def __init__(self, params: dict[str, Any], dataset: str, generator: torch.Generator):
+        self.params = dict(params)
+        self.dataset = dataset
+        self.generator = generator
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
+        """Loss on pixels ``x`` ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]`` at radius ``eps``; returns the
+        scalar loss and a dict of floats to log."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
+        """Called after each epoch with the validation accuracy; returns values to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[M]], type[M]]:
+    def deco(cls: type[M]) -> type[M]:
+        if name in METHODS:
+            raise ValueError(f"training method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"training method {name!r} is not implemented; implemented: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def implemented_methods() -> list[str]:
+    return sorted(METHODS)

@@ -1,0 +1,46 @@
+"""Provenance recorded in every metrics file, and device selection."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["provenance", "resolve_device", "git_commit"]
+
+
+def git_commit(root: Path | str = ".") -> str:
+    """``HEAD`` commit, suffixed ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA if present else CPU; ``cuda`` without a GPU is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return torch.device(requested)
+
+
+def provenance(device: torch.device, params_digest: str, dtype: str = "float32",
+               checkpoint_sha256: str | None = None) -> dict[str, Any]:
+    return {
+        "commit": git_commit(Path(__file__).resolve().parents[2]),
+        "params_digest": params_digest,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "checkpoint_sha256": checkpoint_sha256,
+    }
