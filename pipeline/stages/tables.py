@@ -46,9 +46,14 @@ def _train(m: dict, key: str) -> str:
     return f"{int(minutes)}m{seconds:04.1f}s"
 
 
-def method_label(run: dict) -> str:
+def method_label(run: dict, m: dict | None = None) -> str:
     label = METHOD_NAMES.get(run["method"], run["method"])
     extra = ", ".join(f"{k}={v}" for k, v in sorted(run["overrides"].items()))
+    history = ((m or {}).get("train") or {}).get("history") or []
+    k_used = history[-1].get("k_used") if history else None
+    wanted = run["overrides"].get("k")
+    if k_used and wanted and k_used != wanted:
+        extra += f" ({k_used} used: k is capped at the batch size)"
     return f"{label} ({extra})" if extra else label
 
 
@@ -57,7 +62,7 @@ IDENTITY = ("Dataset", "Model", "ε", "Method")
 
 COMMON: list[Column] = [
     ("Dataset", lambda r, m: DATASET_NAMES[r["dataset"]]), ("Model", lambda r, m: r["model"]),
-    ("ε", lambda r, m: r["eps_text"]), ("Method", lambda r, m: method_label(r))]
+    ("ε", lambda r, m: r["eps_text"]), ("Method", lambda r, m: method_label(r, m))]
 ACC: Column = ("ACC (%)", lambda r, m: _pct(m, "acc", NOT_IMPLEMENTED))
 VRA: Column = ("VRA (%)", lambda r, m: _pct(m, "vra", NOT_IMPLEMENTED))
 ERA_PGD: Column = ("ERA PGD (%)", lambda r, m: _pct(m, "era_pgd", NO_ATTACK))

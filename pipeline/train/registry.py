@@ -25,10 +25,12 @@ class Method:
     name: str = ""
     uses_eps: bool = True
 
-    def __init__(self, params: dict[str, Any], dataset: str, generator: torch.Generator):
+    def __init__(self, params: dict[str, Any], dataset: str, seed: int):
         self.params = dict(params)
         self.dataset = dataset
-        self.generator = generator
+        # The method's own RNG (e.g. which samples get the verified loss), separate from the data order, so a
+        # method that draws nothing trains on exactly the batches natural training sees.
+        self.generator = torch.Generator().manual_seed(seed + 7919)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
         """Loss on pixels ``x`` ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]`` at radius ``eps``; returns the
@@ -40,10 +42,11 @@ class Method:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """Resumable state: tensors and plain numbers only (checkpoints load with weights_only=True)."""
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.generator.set_state(state["generator"])
 
 
 METHODS: dict[str, type[Method]] = {}

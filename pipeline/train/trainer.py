@@ -103,7 +103,7 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
     gen = torch.Generator().manual_seed(cfg.seed)
     norm = NORMALIZATION[cfg.dataset]
     model = build_model(cfg.model, norm.mean, norm.std).to(device)
-    method = get_method(cfg.method)(cfg.method_params, cfg.dataset, gen)
+    method = get_method(cfg.method)(cfg.method_params, cfg.dataset, cfg.seed)
     o = cfg.optim
     if o["name"] == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])

@@ -1,0 +1,65 @@
+"""MixTrain (Wang, Chen, Abdou, Jana 2018, "MixTrain: Scalable Training of Formally Robust Neural Networks").
+
+Threat model: L∞ ball of radius ε (ramped by the trainer) around each pixel image, within [0, 1].
+Per batch ``x`` ``[B, C, H, W]``: the natural cross-entropy on the whole batch, plus the verified robust loss
+(cross-entropy on the worst-case logits from sound margin bounds, :func:`pipeline.bounds.verified_loss`) on ``k``
+samples drawn uniformly without replacement (stochastic output approximation), mixed as
+``(1 - α) · natural + α · verified`` with α from :mod:`pipeline.train.alpha` (dynamic mixed training).
+
+Defaults (params.yaml ``methods.mixtrain``): the paper's symbolic linear relaxation (``domain: symbolic_linear``);
+any registered sound domain plugs in.  ``k`` = batch size is full verified training.  When α = 0 the verified loss
+is not computed, so the step equals natural training's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.bounds import bound_margins, get_domain, verified_loss
+from pipeline.train.alpha import alpha_schedule
+from pipeline.train.registry import Method, register_method
+
+__all__ = ["MixTrain", "sample_indices"]
+
+
+def sample_indices(batch: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``min(k, batch)`` distinct positions of a batch, uniformly at random."""
+    return torch.randperm(batch, generator=generator)[: min(k, batch)]
+
+
+@register_method("mixtrain")
+class MixTrain(Method):
+    def __init__(self, params, dataset, seed):
+        super().__init__(params, dataset, seed)
+        if not isinstance(params.get("k"), int) or params["k"] < 1:
+            raise ValueError(f"mixtrain k: expected an integer >= 1, got {params.get('k')!r}")
+        self.k = params["k"]
+        self.domain = get_domain(params["domain"])
+        self.alpha = alpha_schedule(params["alpha"], params["alpha_rule"])
+        self.k_used = 0  # samples that got the verified loss in the last step (k capped at the batch size)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
+        logits = model(x)
+        natural = F.cross_entropy(logits, y)
+        stats = {"acc": (logits.argmax(1) == y).float().mean().item(), "alpha": self.alpha.value}
+        if self.alpha.value == 0:
+            return natural, stats
+        idx = sample_indices(x.shape[0], self.k, self.generator).to(x.device)
+        self.k_used = len(idx)
+        lb, _ = bound_margins(model, x[idx], y[idx], eps, self.domain)
+        verified = verified_loss(lb, y[idx])
+        stats["verified_loss"] = verified.item()
+        return (1 - self.alpha.value) * natural + self.alpha.value * verified, stats
+
+    def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
+        used = self.alpha.value
+        self.alpha.update(epoch, val_acc)
+        return {"alpha": used, "alpha_next": self.alpha.value, "k_used": self.k_used}
+
+    def state_dict(self):
+        return {**super().state_dict(), "alpha": self.alpha.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.alpha.load_state_dict(state["alpha"])

@@ -1,0 +1,84 @@
+"""params.yaml validation: one clear error naming the key, before any stage runs."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import canonical_run_id, load_params, params_from_dict, parse_eps, train_configs
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _load(mutate):
+    raw = copy.deepcopy(RAW)
+    mutate(raw)
+    return params_from_dict(raw, ROOT)
+
+
+def test_committed_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.scale in p.scales and p.runs and p.tables
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.update(scale="huge"), "scale: 'huge' is not defined"),
+    (lambda r: r.update(k=0), r"k: 0 out of range"),
+    (lambda r: r.update(k="five"), "k: expected an integer"),
+    (lambda r: r.update(device="tpu"), "device: expected auto, cpu or cuda"),
+    (lambda r: r.update(data_root="/nonexistent/data"), "data_root: /nonexistent/data is not a directory"),
+    (lambda r: r.update(colour="blue"), r"unknown key\(s\) \['colour'\]"),
+    (lambda r: r["scales"]["smoke"].update(epochs=0), "epochs: must be >= 1"),
+    (lambda r: r["scales"]["smoke"].pop("batch_size"), r"scales.smoke.batch_size: missing"),
+    (lambda r: r["verify"].update(dtype="float16"), "verify.dtype: expected float32 or float64"),
+    (lambda r: r["models"]["MNIST_Small"].update(vra_domains=["magic"]), r"models.MNIST_Small.vra_domains"),
+    (lambda r: r["runs"].update({"natural-MNIST_Small-eps9": {"method": "natural", "model": "MNIST_Small",
+                                                              "eps": 9}}), r"ε=9 must lie in \[0, 1\]"),
+    (lambda r: r["runs"].update({"foo": {"method": "natural", "model": "MNIST_Small", "eps": 0.1}}),
+     "runs.foo: run id must name every value.*expected 'natural-MNIST_Small-eps0.1'"),
+    (lambda r: r["runs"].update({"mixtrain-MNIST_Small-eps0.1": {"method": "mixtrain", "model": "MNIST_Small",
+                                                                 "eps": 0.1, "overrides": {"k": 20}}}),
+     "expected 'mixtrain-k20-MNIST_Small-eps0.1'"),
+    (lambda r: r["runs"].update({"x": {"method": "magic", "model": "MNIST_Small", "eps": 0.1}}),
+     "runs.x.method: 'magic' is not a method"),
+    (lambda r: r["tables"].update(table3=["nope"]), "tables.table3: run 'nope' is not defined"),
+])
+def test_bad_values_name_the_key(mutate, message):
+    with pytest.raises(ConfigError, match=message):
+        _load(mutate)
+
+
+def test_eps_fractions_and_ids():
+    assert parse_eps("2/255", "e") == (2 / 255, "2_255")
+    assert canonical_run_id("mixtrain", "CIFAR_Small", "2_255", {"k": 20}) == "mixtrain-k20-CIFAR_Small-eps2_255"
+
+
+def test_run_ids_unique_and_training_shared_only_when_eps_free():
+    p = load_params(ROOT / "params.yaml")
+    cfgs = train_configs(p)
+    # Natural training ignores eps: its two MNIST_Small eps rows share one trained model ...
+    assert p.runs["natural-MNIST_Small-eps0.1"].train_id == p.runs["natural-MNIST_Small-eps0.3"].train_id
+    # ... every other distinct run trains its own, and distinct trainings never share a digest.
+    assert len({c.digest() for c in cfgs.values()}) == len(cfgs)
+
+
+def test_top_level_k_reaches_only_runs_that_follow_it():
+    base = train_configs(load_params(ROOT / "params.yaml"))
+    changed = train_configs(_load(lambda r: r.update(k=5)))
+    differing = sorted(t for t in base if base[t].digest() != changed[t].digest())
+    assert differing and all(t.startswith("mixtrain-") and "-k" not in t.split("-eps")[0][8:] for t in differing)
+    assert "mixtrain-k20-CIFAR_Small-eps2_255" not in differing
+
+
+def test_digest_ignores_location_and_device():
+    p = load_params(ROOT / "params.yaml")
+    a = train_configs(p)["natural-MNIST_Small"]
+    b = train_configs(_load(lambda r: r.update(device="cpu", threads=1)))["natural-MNIST_Small"]
+    assert a.digest() == b.digest()
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")
