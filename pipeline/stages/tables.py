@@ -99,7 +99,7 @@ def render(name: str, rows: list[str], cfg: dict, metrics: dict[str, dict]) -> s
         else:
             body.append([f(run, m) for _, f in columns])
     devices = sorted({m["provenance"]["device"] for m in metrics.values() if m.get("run_id") in rows})
-    commits = sorted({m["provenance"]["commit"][:12] for m in metrics.values() if m.get("run_id") in rows})
+    commits = sorted({_short(m["provenance"]["commit"]) for m in metrics.values() if m.get("run_id") in rows})
     scale = cfg["scale"]
     banner = (f"> **SMOKE SCALE** — tiny training slices and test subsets: these numbers check the plumbing, they "
               f"are not results.\n\n" if scale == "smoke" else "")
@@ -107,6 +107,10 @@ def render(name: str, rows: list[str], cfg: dict, metrics: dict[str, dict]) -> s
             f"Scale: `{scale}` · device: {', '.join(devices) or 'n/a'} · commit: {', '.join(commits) or 'n/a'} · "
             f"proportions in % of the fixed test subset, [95% Wilson interval]\n\n"
             + tabulate(body, headers=[h for h, _ in columns], tablefmt="github") + "\n")
+
+
+def _short(commit: str) -> str:
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def summary(metrics: dict[str, dict]) -> dict[str, Any]:
