@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -629,3 +630,12 @@ def exact_margin_extrema(model: nn.Module, x: torch.Tensor, y: int, eps: float):
     shape = (10, *x.shape)
     return (torch.from_numpy(vals[1.0]), torch.from_numpy(vals[-1.0]),
             torch.from_numpy(args[1.0]).view(shape), torch.from_numpy(args[-1.0]).view(shape))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_per_module():
+    """Tiny tensors: intra-op threads only add overhead (and contention with other processes)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

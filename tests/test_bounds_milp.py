@@ -15,7 +15,7 @@ from pipeline.bounds import bound_margins, verify
 from pipeline.models.zoo import CertifiedNet
 from tests.bound_helpers import (NET_KINDS, TOL32, all_domains, empirical_extremes, exact_margin_extrema,
                                  exact_margin_max, exact_margin_min, input_box_ref, interval_preacts, make_case,
-                                 make_tiny_fc, margins)
+                                 make_tiny_fc, margins, one_thread_per_module)
 
 # (``pipeline.bounds.verify`` the attribute is the function; the module is needed to spy on its bound_margins)
 verify_mod = importlib.import_module("pipeline.bounds.verify")
@@ -24,12 +24,7 @@ SEEDS = range(24)
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = one_thread_per_module  # autouse fixture shared from bound_helpers
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,20 +14,15 @@ from pipeline.errors import UnsupportedLayerError
 from pipeline.models import MODELS, build_model
 from pipeline.models.zoo import CertifiedNet, Residual
 from tests.bound_helpers import (NET_KINDS, TOL32, TOL64, all_domains, check_sound, check_sound_all,
-                                 empirical_extremes, input_box_ref, make_case, make_edge_net, margins)
+                                 empirical_extremes, input_box_ref, make_case, make_edge_net, margins,
+                                 one_thread_per_module)
 
 DOMAIN_NAMES = all_domains()
 KINDS = sorted(NET_KINDS)
 SEEDS = range(16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention with other processes)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = one_thread_per_module  # autouse fixture shared from bound_helpers
 
 
 def test_all_expected_domains_registered():

@@ -186,7 +186,7 @@ class BackwardDomain(Domain):
 
 
 def _shape(box: RowDomain) -> tuple[int, ...]:
-    return tuple(box.rows()[0].shape[2:])
+    return tuple(box.parts()[0].shape[2:])
 
 
 @register_domain("backward_crown")

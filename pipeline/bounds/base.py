@@ -4,10 +4,12 @@ A domain state over-approximates the set of values one layer takes when the inpu
 immutable: each method returns a new state.  Shapes: a state for a batch of ``B`` boxes describes tensors
 ``[B, *shape]`` (one sample's layer shape); :meth:`Domain.concretize` returns ``(lb, ub)`` of that shape.
 
-Forward domains here keep "rows": a lower and an upper tensor ``[B, R, *shape]``, where row 0 is the constant term and
-rows ``1..R-1`` are coefficients of the ``R-1`` input variables (``R = 1`` for intervals).  An affine map sends
-``(lower, upper)`` to ``(W mid - |W| rad, W mid + |W| rad)`` with ``mid = (lower+upper)/2``, ``rad = (upper-lower)/2``,
-which equals the usual ``W+ lower + W- upper`` split with half the matrix products; the bias goes to row 0 only.
+Forward domains here keep a lower and an upper bound, each as a constant row ``[B, 1, *shape]`` and (for symbolic
+domains) ``d`` coefficient rows ``[B, d, *shape]`` over the input variables (``None`` for intervals).  Constants and
+coefficients are kept apart so that adding a bias never copies (or, in autograd, re-materialises) the big coefficient
+tensors.  An affine map sends ``(lower, upper)`` to ``(W mid - |W| rad, W mid + |W| rad)`` with
+``mid = (lower+upper)/2``, ``rad = (upper-lower)/2``, which equals the usual ``W+ lower + W- upper`` split with half
+the matrix products; the bias goes to the constant only.
 """
 from __future__ import annotations
 
@@ -69,23 +71,24 @@ def map_conv(rows: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
     return out.view(b, r, *out.shape[1:])
 
 
-def _add_row0(rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Add ``bias`` to the constant row of a freshly computed ``rows`` (in place: no copy of the coefficients)."""
-    if bias is not None:
-        rows[:, :1] += bias
-    return rows
+Parts = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, "torch.Tensor | None"]
+
+
+def _opt(f: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else f(t)
 
 
 class RowDomain(Domain):
-    """A forward domain stored as lower/upper rows ``[B, R, *shape]``; affine maps are shared here."""
+    """A forward domain stored as constant and coefficient rows of a lower and an upper bound; affine maps are
+    shared here."""
 
     @abstractmethod
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(lower, upper)`` rows ``[B, R, *shape]``."""
+    def parts(self) -> Parts:
+        """``(lower_const [B, 1, *shape], lower_coef [B, d, *shape] | None, upper_const, upper_coef)``."""
 
     @abstractmethod
-    def with_rows(self: D, lower: torch.Tensor, upper: torch.Tensor, op: Callable[[Domain], Domain]) -> D:
-        """A new state with these rows; ``op`` replays the same layer on any companion state."""
+    def with_parts(self: D, parts: Parts, op: Callable[[Domain], Domain]) -> D:
+        """A new state from these parts; ``op`` replays the same layer on any companion state."""
 
     @abstractmethod
     def tighten(self: D, lo: torch.Tensor, hi: torch.Tensor) -> D:
@@ -93,13 +96,19 @@ class RowDomain(Domain):
 
     def _midrad(self: D, f: Callable[[torch.Tensor], torch.Tensor], f_abs: Callable[[torch.Tensor], torch.Tensor],
                 bias: torch.Tensor | None, op: Callable[[Domain], Domain]) -> D:
-        lower, upper = self.rows()
-        if lower is upper:  # an exact affine function of the input so far: one product suffices
-            out = _add_row0(f(lower), bias)
-            return self.with_rows(out, out, op)
-        mid = _add_row0(f((lower + upper) / 2), bias)
-        rad = f_abs((upper - lower) / 2)
-        return self.with_rows(mid - rad, mid + rad, op)
+        lc, la, uc, ua = self.parts()
+
+        def const(c: torch.Tensor) -> torch.Tensor:
+            out = f(c)
+            return out if bias is None else out + bias
+        if lc is uc and la is ua:  # an exact affine function of the input so far: one product suffices
+            c, a = const(lc), _opt(f, la)
+            return self.with_parts((c, a, c, a), op)
+        mid_c, rad_c = const((lc + uc) / 2), f_abs((uc - lc) / 2)
+        if la is None or ua is None:
+            return self.with_parts((mid_c - rad_c, None, mid_c + rad_c, None), op)
+        mid_a, rad_a = f((la + ua) / 2), f_abs((ua - la) / 2)
+        return self.with_parts((mid_c - rad_c, mid_a - rad_a, mid_c + rad_c, mid_a + rad_a), op)
 
     def linear(self: D, weight: torch.Tensor, bias: torch.Tensor | None) -> D:
         b = None if bias is None else (bias[:, None] if bias.dim() == 2 else bias)
@@ -118,8 +127,14 @@ class RowDomain(Domain):
         return self._midrad(lambda r: r * scale, lambda r: r * scale.abs(), shift, lambda s: s.affine(scale, shift))
 
     def flatten(self: D) -> D:
-        lower, upper = self.rows()
-        return self.with_rows(lower.flatten(2), upper.flatten(2), lambda s: s.flatten())
+        lc, la, uc, ua = self.parts()
+
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            return t.flatten(2)
+        if lc is uc and la is ua:
+            c, a = flat(lc), _opt(flat, la)
+            return self.with_parts((c, a, c, a), lambda s: s.flatten())
+        return self.with_parts((flat(lc), _opt(flat, la), flat(uc), _opt(flat, ua)), lambda s: s.flatten())
 
 
 DOMAINS: dict[str, type[Domain]] = {}

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.bounds.base import Domain, RowDomain, register_domain
+from pipeline.bounds.base import Domain, Parts, RowDomain, register_domain
 
 __all__ = ["IntervalDomain"]
 
@@ -24,12 +24,11 @@ class IntervalDomain(RowDomain):
     def from_box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "IntervalDomain":
         return cls(lo, hi)
 
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lo[:, None], self.hi[:, None]
+    def parts(self) -> Parts:
+        return self.lo[:, None], None, self.hi[:, None], None
 
-    def with_rows(self, lower: torch.Tensor, upper: torch.Tensor,
-                  op: Callable[[Domain], Domain]) -> "IntervalDomain":
-        return IntervalDomain(lower[:, 0], upper[:, 0])
+    def with_parts(self, parts: Parts, op: Callable[[Domain], Domain]) -> "IntervalDomain":
+        return IntervalDomain(parts[0][:, 0], parts[2][:, 0])
 
     def relu(self) -> "IntervalDomain":
         return IntervalDomain(self.lo.clamp_min(0), self.hi.clamp_min(0))

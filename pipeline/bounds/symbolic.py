@@ -22,32 +22,24 @@ from typing import Callable
 
 import torch
 
-from pipeline.bounds.base import Domain, RowDomain, register_domain
+from pipeline.bounds.base import Domain, Parts, RowDomain, register_domain
 from pipeline.bounds.interval import IntervalDomain
 from pipeline.bounds.relu import RelaxFn, relax_parallel
 
-__all__ = ["SymbolicLinearDomain", "input_rows", "concretize_rows"]
+__all__ = ["SymbolicLinearDomain", "input_parts", "concretize_eq"]
 
 
-def input_rows(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Rows ``[B, 1 + d, *shape]`` of the identity map ``x = c + r * t`` of the box ``[lo, hi]``."""
+def input_parts(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Constant ``[B, 1, *shape]`` and coefficients ``[B, d, *shape]`` of the identity ``x = c + r * t``."""
     b, shape = lo.shape[0], lo.shape[1:]
     c, r = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-    d = c.shape[1]
-    coeffs = torch.diag_embed(r)  # [B, d, d]
-    return torch.cat([c[:, None], coeffs], dim=1).view(b, 1 + d, *shape)
+    return c.view(b, 1, *shape), torch.diag_embed(r).view(b, c.shape[1], *shape)
 
 
-def concretize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Range of each equation over ``t`` in ``[-1, 1]^d``: ``(e_0 - sum|e_i|, e_0 + sum|e_i|)``."""
-    spread = rows[:, 1:].abs().sum(1)
-    return rows[:, 0] - spread, rows[:, 0] + spread
-
-
-def _apply_line(rows: torch.Tensor, slope: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    out = rows * slope[:, None]
-    out[:, 0] += bias  # fresh tensor: in place is safe for autograd and avoids copying the coefficients
-    return out
+def concretize_eq(const: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of an equation over ``t`` in ``[-1, 1]^d``: ``(e_0 - sum|e_i|, e_0 + sum|e_i|)``, each ``[B, *shape]``."""
+    spread = coef.abs().sum(1)
+    return const[:, 0] - spread, const[:, 0] + spread
 
 
 def _exact_where(slope: torch.Tensor, bias: torch.Tensor, dead: torch.Tensor,
@@ -62,30 +54,24 @@ class SymbolicLinearDomain(RowDomain):
     relax: RelaxFn = staticmethod(relax_parallel)
     intersect_interval: bool = True
 
-    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, companion: IntervalDomain):
-        self.lower = lower
-        self.upper = upper
+    def __init__(self, parts: Parts, companion: IntervalDomain):
+        self.lc, self.la, self.uc, self.ua = parts
         self.companion = companion
 
     @classmethod
     def from_box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "SymbolicLinearDomain":
-        rows = input_rows(lo, hi)
-        return cls(rows, rows, IntervalDomain(lo, hi))
+        c, a = input_parts(lo, hi)
+        return cls((c, a, c, a), IntervalDomain(lo, hi))
 
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lower, self.upper
+    def parts(self) -> Parts:
+        return self.lc, self.la, self.uc, self.ua
 
-    def with_rows(self, lower: torch.Tensor, upper: torch.Tensor,
-                  op: Callable[[Domain], Domain]) -> "SymbolicLinearDomain":
-        return type(self)(lower, upper, op(self.companion))
-
-    def _pre_bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        low_l, low_u = concretize_rows(self.lower)
-        up_l, up_u = concretize_rows(self.upper)
-        return low_l, low_u, up_l, up_u
+    def with_parts(self, parts: Parts, op: Callable[[Domain], Domain]) -> "SymbolicLinearDomain":
+        return type(self)(parts, op(self.companion))
 
     def relu(self) -> "SymbolicLinearDomain":
-        low_l, low_u, up_l, up_u = self._pre_bounds()
+        low_l, low_u = concretize_eq(self.lc, self.la)
+        up_l, up_u = concretize_eq(self.uc, self.ua)
         pre_lo, pre_hi = low_l, up_u
         if self.intersect_interval:
             pre_lo = torch.maximum(pre_lo, self.companion.lo)
@@ -94,21 +80,24 @@ class SymbolicLinearDomain(RowDomain):
         up_line = self.relax(up_l, up_u)
         # Neurons proven dead or active on the (intersected) pre-activation bounds are exact.
         dead, active = pre_hi <= 0, pre_lo >= 0
-        lower = _apply_line(self.lower, *_exact_where(lo_line.lower_slope, lo_line.lower_bias, dead, active))
-        upper = _apply_line(self.upper, *_exact_where(up_line.upper_slope, up_line.upper_bias, dead, active))
+        ls, lb = _exact_where(lo_line.lower_slope, lo_line.lower_bias, dead, active)
+        us, ub = _exact_where(up_line.upper_slope, up_line.upper_bias, dead, active)
+        ls, lb, us, ub = ls[:, None], lb[:, None], us[:, None], ub[:, None]
+        parts = (self.lc * ls + lb, self.la * ls, self.uc * us + ub, self.ua * us)
         companion = IntervalDomain(pre_lo.clamp_min(0), pre_hi.clamp_min(0))
-        return type(self)(lower, upper, companion)
+        return type(self)(parts, companion)
 
     def tighten(self, lo: torch.Tensor, hi: torch.Tensor) -> "SymbolicLinearDomain":
         """The same equations with extra sound bounds ``[lo, hi]`` on the current layer (kept in the companion)."""
-        return type(self)(self.lower, self.upper, self.companion.tighten(lo, hi))
+        return type(self)(self.parts(), self.companion.tighten(lo, hi))
 
     def add(self, other: "SymbolicLinearDomain") -> "SymbolicLinearDomain":
-        return type(self)(self.lower + other.lower, self.upper + other.upper, self.companion.add(other.companion))
+        parts = tuple(a + b for a, b in zip(self.parts(), other.parts()))
+        return type(self)(parts, self.companion.add(other.companion))  # type: ignore[arg-type]
 
     def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lb, _ = concretize_rows(self.lower)
-        _, ub = concretize_rows(self.upper)
+        lb, _ = concretize_eq(self.lc, self.la)
+        _, ub = concretize_eq(self.uc, self.ua)
         if self.intersect_interval:
             lb, ub = torch.maximum(lb, self.companion.lo), torch.minimum(ub, self.companion.hi)
         return lb, ub
