@@ -221,6 +221,30 @@ TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "data", "ver
             "models", "methods", "runs", "tables"}
 
 
+def _check_mixtrain(m: dict[str, Any]) -> None:
+    """MixTrain's hyperparameters, checked here so a typo fails before any stage runs."""
+    where = "methods.mixtrain"
+    _check_keys(m, {"domain", "alpha", "alpha_rule"}, where)
+    if _req(m, "domain", where) not in KNOWN_DOMAINS:
+        raise ConfigError(f"{where}.domain: {m['domain']!r} is not a bound domain; expected one of "
+                          f"{list(KNOWN_DOMAINS)}")
+    alpha = _req(m, "alpha", where)
+    if alpha != "adaptive":
+        _num(alpha, f"{where}.alpha (a number in [0, 1] or 'adaptive')", lo=0, hi=1)
+    rules = _req(m, "alpha_rule", where)
+    for ds in DATASETS:
+        rule = _req(rules, ds, f"{where}.alpha_rule")
+        w = f"{where}.alpha_rule.{ds}"
+        _check_keys(rule, {"kind", "start", "step", "max", "min", "every", "target_acc"}, w)
+        if _req(rule, "kind", w) not in ("constant", "staircase", "cifar"):
+            raise ConfigError(f"{w}.kind: expected constant, staircase or cifar, got {rule['kind']!r}")
+        for key in ("start", "step", "max", "min", "target_acc"):
+            if key in rule:
+                _num(rule[key], f"{w}.{key}", lo=0, hi=1)
+        if "every" in rule:
+            _num(rule["every"], f"{w}.every", lo=1, integer=True)
+
+
 def _external_run(rid: str, spec: dict, model: str, models: dict, root: Path) -> RunSpec:
     where = f"runs.{rid}"
     if model not in models:
@@ -268,6 +292,10 @@ def _runs(raw: Any, methods: dict, models: dict, root: Path) -> dict[str, RunSpe
         overrides = spec.get("overrides") or {}
         allowed = set(methods[method]) | set(FOLLOWS_TOP_LEVEL.get(method, ()))
         _check_keys(overrides, allowed, f"{where}.overrides")
+        if "k" in overrides:
+            _num(overrides["k"], f"{where}.overrides.k", lo=1, integer=True)
+        if "alpha" in overrides and overrides["alpha"] != "adaptive":
+            _num(overrides["alpha"], f"{where}.overrides.alpha", lo=0, hi=1)
         expected = canonical_run_id(method, model, tag, overrides)
         if rid != expected:
             raise ConfigError(f"{where}: run id must name every value that changes its outputs; expected {expected!r}")
@@ -312,6 +340,8 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     methods = _req(raw, "methods", "params")
     if not isinstance(methods, dict) or any(not isinstance(v, dict) for v in methods.values()):
         raise ConfigError("methods: expected a mapping of method name -> mapping of its hyperparameters")
+    if "mixtrain" in methods:
+        _check_mixtrain(methods["mixtrain"])
     runs = _runs(_req(raw, "runs", "params"), methods, models, root)
     tables = _req(raw, "tables", "params")
     for t, rows in tables.items():

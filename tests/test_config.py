@@ -44,6 +44,13 @@ def test_committed_params_are_valid():
     (lambda r: r["runs"].update({"x": {"method": "magic", "model": "MNIST_Small", "eps": 0.1}}),
      "runs.x.method: 'magic' is not a method"),
     (lambda r: r["tables"].update(table3=["nope"]), "tables.table3: run 'nope' is not defined"),
+    (lambda r: r["methods"]["mixtrain"].update(domain="zonotopez"), "methods.mixtrain.domain: 'zonotopez'"),
+    (lambda r: r["methods"]["mixtrain"].update(alpha=1.5), r"methods.mixtrain.alpha .*out of range"),
+    (lambda r: r["methods"]["mixtrain"]["alpha_rule"]["cifar10"].update(kind="wobbly"),
+     "methods.mixtrain.alpha_rule.cifar10.kind"),
+    (lambda r: r["runs"].update({"mixtrain-k0-MNIST_Small-eps0.1": {
+        "method": "mixtrain", "model": "MNIST_Small", "eps": 0.1, "overrides": {"k": 0}}}),
+     r"runs.mixtrain-k0-MNIST_Small-eps0.1.overrides.k: 0 out of range"),
 ])
 def test_bad_values_name_the_key(mutate, message):
     with pytest.raises(ConfigError, match=message):
