@@ -11,13 +11,17 @@ import torch
 __all__ = ["provenance", "resolve_device", "git_commit"]
 
 
+#: what decides results: a difference here from ``HEAD`` marks the commit ``-dirty`` (generated reports do not)
+SOURCE_PATHS = ("pipeline", "workflow", "params.yaml", "requirements.txt", "dvc.yaml")
+
+
 def git_commit(root: Path | str = ".") -> str:
-    """``HEAD`` commit, suffixed ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    """``HEAD`` commit, suffixed ``-dirty`` when tracked code or parameters differ from it; ``unknown`` outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
