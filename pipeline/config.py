@@ -1,17 +1,13 @@
-"""params.yaml -> validated, typed configuration; the run grid; per-run resolved configs.
+"""params.yaml -> validated, typed configuration and the run grid.
 
-Library code only ever sees the dataclasses built here (never argparse or Snakemake).  :func:`load_params` validates
-everything once and raises :class:`~pipeline.errors.ConfigError` naming the key.  :func:`train_configs` and
-:func:`eval_configs` resolve the grid into one JSON-serialisable config per training and per evaluation; their
-:meth:`digest` (over every value that changes the outputs, not over where the data lives or which device runs it)
-keys checkpoints, so a changed parameter never resumes from a stale checkpoint.
+Library code only ever sees the dataclasses built here and in :mod:`pipeline.runconfig` (never argparse or
+Snakemake).  :func:`load_params` validates everything once and raises :class:`~pipeline.errors.ConfigError` naming
+the key.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,9 +16,8 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-__all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "RunSpec", "Params", "TrainConfig",
-           "EvalConfig", "load_params", "params_from_dict", "parse_eps", "canonical_run_id", "train_configs",
-           "eval_configs", "MODEL_DATASETS"]
+__all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "RunSpec", "Params", "load_params",
+           "params_from_dict", "parse_eps", "canonical_run_id", "MODEL_DATASETS", "EXTERNAL", "DATASETS"]
 
 #: zoo model -> dataset (kept here, torch-free, so the workflow can validate without importing torch)
 MODEL_DATASETS = {"MNIST_FC1": "mnist", "MNIST_FC2": "mnist", "MNIST_Small": "mnist", "MNIST_Large": "mnist",
@@ -373,93 +368,3 @@ def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | No
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **overrides}
     return params_from_dict(raw, path.parent)
-
-
-class _Digest:
-    """Mixin: a stable hash over the fields that change outputs (not locations or devices)."""
-    _NOT_HASHED: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    def digest(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_json(self) -> str:
-        return json.dumps({**self.to_dict(), "digest": self.digest()}, indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str):
-        d = json.loads(text)
-        d.pop("digest", None)
-        return cls(**{f.name: d[f.name] for f in fields(cls)})  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class TrainConfig(_Digest):
-    train_id: str
-    scale: str
-    method: str
-    method_params: dict[str, Any]
-    model: str
-    dataset: str
-    eps: float
-    eps_start: float
-    seed: int
-    val_size: int
-    split_seed: int
-    schedule: dict[str, Any]
-    optim: dict[str, Any]
-    data_root: str
-    device: str
-    threads: int
-    _NOT_HASHED = ("data_root", "device", "threads")
-
-
-@dataclass(frozen=True)
-class EvalConfig(_Digest):
-    run_id: str
-    train_id: str
-    scale: str
-    method: str
-    model: str
-    dataset: str
-    eps: float
-    eps_text: str
-    test_images: int
-    vra_domains: list[str]
-    verify: dict[str, Any]
-    checkpoint: dict[str, Any] | None
-    data_root: str
-    device: str
-    threads: int
-    _NOT_HASHED = ("data_root", "device", "threads")
-
-
-def train_configs(p: Params) -> dict[str, TrainConfig]:
-    """One config per distinct training of the grid (ε-free methods share one model across ε rows)."""
-    out: dict[str, TrainConfig] = {}
-    s = p.scale_config
-    for run in p.runs.values():
-        if run.method == EXTERNAL:
-            continue
-        ds = run.dataset
-        eps = 0.0 if run.method in EPS_FREE_METHODS else run.eps
-        out[run.train_id] = TrainConfig(
-            train_id=run.train_id, scale=p.scale, method=run.method, method_params=p.method_params(run),
-            model=run.model, dataset=ds, eps=eps, eps_start=min(p.eps_start[ds], eps), seed=p.seed,
-            val_size=p.val_size, split_seed=p.split_seed, schedule=asdict(s), optim=asdict(p.optim[ds]),
-            data_root=str(p.data_root), device=p.device, threads=p.threads)
-    return out
-
-
-def eval_configs(p: Params) -> dict[str, EvalConfig]:
-    s = p.scale_config
-    return {rid: EvalConfig(
-        run_id=rid, train_id=run.train_id, scale=p.scale, method=run.method, model=run.model, dataset=run.dataset,
-        eps=run.eps, eps_text=run.eps_text,
-        test_images=s.test_images_large if p.models[run.model].large else s.test_images,
-        vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify), checkpoint=run.checkpoint,
-        data_root=str(p.data_root),
-        device=p.device, threads=p.threads) for rid, run in p.runs.items()}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import EXTERNAL, MODEL_DATASETS, Params, eval_configs, train_configs
+from pipeline.config import EXTERNAL, MODEL_DATASETS, Params
+from pipeline.runconfig import eval_configs, train_configs
 from pipeline.utils.io import atomic_write_text
 
 __all__ = ["write_if_changed", "sync_configs", "tables_config"]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import canonical_run_id, load_params, params_from_dict, parse_eps, train_configs
+from pipeline.config import canonical_run_id, load_params, params_from_dict, parse_eps
+from pipeline.runconfig import train_configs
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import DATA_ROOT, needs_data
-from pipeline.config import EvalConfig
+from pipeline.runconfig import EvalConfig
 from pipeline.errors import CheckpointError
 from pipeline.models import build_model
 from pipeline.stages import evaluate

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from conftest import DATA_ROOT, ROOT, needs_data
-from pipeline.config import TrainConfig
+from pipeline.runconfig import TrainConfig
 
 SCHEDULE = {"epochs": 4, "batch_size": 50, "train_limit": 5000, "batches_per_epoch": 100, "val_limit": 100,
             "test_images": 16, "test_images_large": 4, "eps_ramp_epochs": 1, "lr_decay_every": 1,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import EXTERNAL, EvalConfig
+from pipeline.config import EXTERNAL
+from pipeline.runconfig import EvalConfig
 from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices
 from pipeline.evaluation import evaluate_model, summarize
 from pipeline.models import load_external, load_model

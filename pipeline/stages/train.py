@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import TrainConfig
+from pipeline.runconfig import TrainConfig
 from pipeline.train import train
 from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, sha256_file
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.config import TrainConfig
+from pipeline.runconfig import TrainConfig
 from pipeline.data import NORMALIZATION, load_dataset, split_train_val
 from pipeline.models import build_model
 from pipeline.train.registry import get_method

@@ -1,0 +1,105 @@
+"""Per-run resolved configurations: one JSON-serialisable config per training and per evaluation of the grid.
+
+Their :meth:`digest` (over every value that changes the outputs, not over where the data lives or which device runs
+it) keys checkpoints, so a changed parameter never resumes from a stale checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pipeline.config import EPS_FREE_METHODS, EXTERNAL, Params
+
+__all__ = ["TrainConfig", "EvalConfig", "train_configs", "eval_configs"]
+
+
+class _Digest:
+    """Mixin: a stable hash over the fields that change outputs (not locations or devices)."""
+    _NOT_HASHED: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def digest(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps({**self.to_dict(), "digest": self.digest()}, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str):
+        d = json.loads(text)
+        d.pop("digest", None)
+        return cls(**{f.name: d[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Digest):
+    train_id: str
+    scale: str
+    method: str
+    method_params: dict[str, Any]
+    model: str
+    dataset: str
+    eps: float
+    eps_start: float
+    seed: int
+    val_size: int
+    split_seed: int
+    schedule: dict[str, Any]
+    optim: dict[str, Any]
+    data_root: str
+    device: str
+    threads: int
+    _NOT_HASHED = ("data_root", "device", "threads")
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Digest):
+    run_id: str
+    train_id: str
+    scale: str
+    method: str
+    model: str
+    dataset: str
+    eps: float
+    eps_text: str
+    test_images: int
+    vra_domains: list[str]
+    verify: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    data_root: str
+    device: str
+    threads: int
+    _NOT_HASHED = ("data_root", "device", "threads")
+
+
+def train_configs(p: Params) -> dict[str, TrainConfig]:
+    """One config per distinct training of the grid (ε-free methods share one model across ε rows)."""
+    out: dict[str, TrainConfig] = {}
+    s = p.scale_config
+    for run in p.runs.values():
+        if run.method == EXTERNAL:
+            continue
+        ds = run.dataset
+        eps = 0.0 if run.method in EPS_FREE_METHODS else run.eps
+        out[run.train_id] = TrainConfig(
+            train_id=run.train_id, scale=p.scale, method=run.method, method_params=p.method_params(run),
+            model=run.model, dataset=ds, eps=eps, eps_start=min(p.eps_start[ds], eps), seed=p.seed,
+            val_size=p.val_size, split_seed=p.split_seed, schedule=asdict(s), optim=asdict(p.optim[ds]),
+            data_root=str(p.data_root), device=p.device, threads=p.threads)
+    return out
+
+
+def eval_configs(p: Params) -> dict[str, EvalConfig]:
+    s = p.scale_config
+    return {rid: EvalConfig(
+        run_id=rid, train_id=run.train_id, scale=p.scale, method=run.method, model=run.model, dataset=run.dataset,
+        eps=run.eps, eps_text=run.eps_text,
+        test_images=s.test_images_large if p.models[run.model].large else s.test_images,
+        vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify), checkpoint=run.checkpoint,
+        data_root=str(p.data_root),
+        device=p.device, threads=p.threads) for rid, run in p.runs.items()}
