@@ -471,27 +471,24 @@ def exact_margin_min(net: CertifiedNet, x: torch.Tensor, y: torch.Tensor, eps: f
     :class:`CertifiedNet` whose ``net`` is ``Flatten, (Linear, [BatchNorm1d], ReLU)*, Linear``.  Big-M MILP with
     interval pre-activation bounds, solved by HiGHS to a zero gap.  Optionally the minimisers ``[B, 10, *x.shape[1:]]``.
     """
-    vals, args = [], []
-    for b in range(x.shape[0]):
-        v, a = _milp_margin(net, x[b], int(y[b]), eps, 1.0)
-        vals.append(v)
-        args.append(a)
-    out = torch.tensor(np.stack(vals), dtype=torch.float64)
-    if return_argmin:
-        return out, torch.tensor(np.stack(args), dtype=torch.float64).view(x.shape[0], 10, *x.shape[1:])
-    return out
+    return _milp_margins(net, x, y, eps, 1.0, return_argmin)
 
 
 def exact_margin_max(net: CertifiedNet, x: torch.Tensor, y: torch.Tensor, eps: float,
                      return_argmax: bool = False):
     """Exact ``max`` of each margin over the box (as :func:`exact_margin_min`)."""
+    return _milp_margins(net, x, y, eps, -1.0, return_argmax)
+
+
+def _milp_margins(net: CertifiedNet, x: torch.Tensor, y: torch.Tensor, eps: float, sign: float, with_args: bool):
+    """Per sample, the MILP optimum of ``sign * margin`` (``sign`` 1: min, -1: max), optionally with optimisers."""
     vals, args = [], []
     for b in range(x.shape[0]):
-        v, a = _milp_margin(net, x[b], int(y[b]), eps, -1.0)
+        v, a = _milp_margin(net, x[b], int(y[b]), eps, sign)
         vals.append(v)
         args.append(a)
     out = torch.tensor(np.stack(vals), dtype=torch.float64)
-    if return_argmax:
+    if with_args:
         return out, torch.tensor(np.stack(args), dtype=torch.float64).view(x.shape[0], 10, *x.shape[1:])
     return out
 

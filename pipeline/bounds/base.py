@@ -123,7 +123,6 @@ class RowDomain(Domain):
                             lambda s: s.conv(weight, bias, stride, padding))
 
     def affine(self: D, scale: torch.Tensor, shift: torch.Tensor) -> D:
-        shift = shift.expand_as(scale) if shift.dim() < scale.dim() else shift
         return self._midrad(lambda r: r * scale, lambda r: r * scale.abs(), shift, lambda s: s.affine(scale, shift))
 
     def flatten(self: D) -> D:
