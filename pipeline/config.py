@@ -15,8 +15,11 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.evalparams import (AttackSettings, FigureSettings, Table1Settings, check_attack_overrides, parse_attacks,
+                                 parse_figures, parse_table1)
 
-__all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "RunSpec", "Params", "load_params",
+__all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "JobResources", "ClusterConfig", "RunSpec",
+           "Params", "load_params",
            "params_from_dict", "parse_eps", "canonical_run_id", "MODEL_DATASETS", "EXTERNAL", "DATASETS"]
 
 #: zoo model -> dataset (kept here, torch-free, so the workflow can validate without importing torch)
@@ -27,7 +30,7 @@ KNOWN_DOMAINS = ("interval", "symbolic_interval", "symbolic_linear", "backward",
 #: method -> top-level parameters it follows unless a run overrides them
 FOLLOWS_TOP_LEVEL = {"mixtrain": ("k",)}
 #: methods whose training does not depend on ε (one trained model serves every ε row)
-EPS_FREE_METHODS = ("natural",)
+EPS_FREE_METHODS = ("natural", "sinha")  # methods whose training ignores ε (Method.uses_eps False)
 #: the pseudo-method of runs that evaluate a published checkpoint instead of training
 EXTERNAL = "external"
 DATASETS = ("mnist", "cifar10")
@@ -95,6 +98,11 @@ class ScaleConfig:
     eps_ramp_epochs: int
     lr_decay_every: int
     augment_cifar: bool
+    val_vra_images: int     # validation images certified after every epoch (Table V); 0 = off
+    time_budget_s: float    # Table V: training-time budget for reaching MixTrain's validation VRA
+    figure_images: int | None  # Fig. 4's population of training images and Fig. 5's test images (null = all)
+    attack_overrides: dict  # attack -> {hyperparameter: value} replacing params.yaml `attacks` at this scale (ERA)
+    table1_attack_overrides: dict  # the same for Table I's equal-budget comparison
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_limit", "test_images", "test_images_large", "lr_decay_every"):
@@ -102,6 +110,9 @@ class ScaleConfig:
                 raise ConfigError(f"scales.*.{name}: must be >= 1, got {getattr(self, name)}")
         if self.test_images > 1024 or self.test_images_large > 1024:
             raise ConfigError("scales.*.test_images: at most 1024 (the committed test subset)")
+        if self.val_vra_images > self.val_limit:
+            raise ConfigError(f"scales.*.val_vra_images: {self.val_vra_images} exceeds val_limit {self.val_limit} "
+                              "(the validation images scored per epoch)")
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,45 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"verify.dtype: expected float32 or float64, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one job of a rule asks a cluster scheduler for (sbatch --time, --mem, --cpus-per-task)."""
+    runtime_min: int
+    mem_mb: int
+    cpus: int
+
+
+#: the rules that take per-rule cluster resources from params.yaml (cluster.<rule>)
+CLUSTER_RULES = ("prepare", "train", "evaluate", "figure", "tables")
+#: a SLURM GRES: name[:type][:count] (the form the SLURM executor plugin accepts for its gres resource)
+GRES_RE = re.compile(r"[A-Za-z0-9_]+(:[A-Za-z0-9_.]+)?(:\d+)?")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """params.yaml ``cluster``: SLURM requests per rule and the GRES of one GPU training; local runs ignore it."""
+    gpu_gres: str
+    rules: dict[str, JobResources]
+
+
+def _cluster(raw: Any) -> ClusterConfig:
+    where = "cluster"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with gpu_gres and {list(CLUSTER_RULES)}, got {raw!r}")
+    _check_keys(raw, {"gpu_gres", *CLUSTER_RULES}, where)
+    gres = _req(raw, "gpu_gres", where)
+    if not isinstance(gres, str) or not GRES_RE.fullmatch(gres):
+        raise ConfigError(f"{where}.gpu_gres: expected a SLURM GRES such as 'gpu:1' or 'gpu:a100:1', got {gres!r}")
+    rules = {}
+    for rule in CLUSTER_RULES:
+        res = _dc(JobResources, _req(raw, rule, where), f"{where}.{rule}")
+        for name in ("runtime_min", "mem_mb", "cpus"):
+            if getattr(res, name) < 1:
+                raise ConfigError(f"{where}.{rule}.{name}: must be >= 1, got {getattr(res, name)}")
+        rules[rule] = res
+    return ClusterConfig(gres, rules)
 
 
 @dataclass(frozen=True)
@@ -183,6 +233,7 @@ class Params:
     k: int
     device: str
     threads: int
+    memory_cap_gib: float | None
     val_size: int
     split_seed: int
     verify: VerifyConfig
@@ -193,6 +244,10 @@ class Params:
     methods: dict[str, dict[str, Any]]
     runs: dict[str, RunSpec]
     tables: dict[str, list[str]]
+    cluster: ClusterConfig
+    attacks: AttackSettings
+    table1: Table1Settings
+    figures: FigureSettings
 
     @property
     def scale_config(self) -> ScaleConfig:
@@ -212,8 +267,9 @@ class Params:
         return resolved
 
 
-TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "data", "verify", "scales", "optim", "eps_start",
-            "models", "methods", "runs", "tables"}
+TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "data", "verify", "scales",
+            "optim", "eps_start",
+            "models", "methods", "runs", "tables", "cluster", "attacks", "table1", "figures"}
 
 
 def _check_mixtrain(m: dict[str, Any]) -> None:
@@ -338,6 +394,10 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     if "mixtrain" in methods:
         _check_mixtrain(methods["mixtrain"])
     runs = _runs(_req(raw, "runs", "params"), methods, models, root)
+    attacks = parse_attacks(_req(raw, "attacks", "params"))
+    for name, sc in scales.items():
+        check_attack_overrides(sc.attack_overrides, attacks, f"scales.{name}.attack_overrides")
+        check_attack_overrides(sc.table1_attack_overrides, attacks, f"scales.{name}.table1_attack_overrides")
     tables = _req(raw, "tables", "params")
     for t, rows in tables.items():
         if not isinstance(rows, list):
@@ -350,10 +410,13 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         seed=_num(_req(raw, "seed", "params"), "seed", lo=0, integer=True),
         k=_num(_req(raw, "k", "params"), "k", lo=1, integer=True), device=device,
         threads=_num(_req(raw, "threads", "params"), "threads", lo=0, integer=True),
+        memory_cap_gib=_num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, allow_none=True),
         val_size=_num(_req(data, "val_size", "data"), "data.val_size", lo=1, integer=True),
         split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, integer=True),
         verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
-        scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables)
+        scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
+        cluster=_cluster(_req(raw, "cluster", "params")), attacks=attacks,
+        table1=parse_table1(_req(raw, "table1", "params")), figures=parse_figures(raw.get("figures"), runs))
 
 
 def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pipeline.config import EPS_FREE_METHODS, EXTERNAL, Params
+from pipeline.evalparams import resolve_attack_params
 
 __all__ = ["TrainConfig", "EvalConfig", "train_configs", "eval_configs"]
 
@@ -51,6 +52,9 @@ class TrainConfig(_Digest):
     split_seed: int
     schedule: dict[str, Any]
     optim: dict[str, Any]
+    vra_domains: list[str]        # the model's fixed verification domains (per-epoch validation VRA)
+    verify: dict[str, Any]
+    memory_cap_gib: float | None  # the training process is stopped and reported "out of memory" above it
     data_root: str
     device: str
     threads: int
@@ -70,6 +74,10 @@ class EvalConfig(_Digest):
     test_images: int
     vra_domains: list[str]
     verify: dict[str, Any]
+    attacks: dict[str, dict[str, Any]]   # attack -> constructor arguments (resolved for the dataset and scale)
+    attack_seed: int
+    attack_chunk: int
+    table1: dict[str, Any] | None        # {budget_passes, images, attacks}: a Table I row (equal-budget comparison)
     checkpoint: dict[str, Any] | None
     data_root: str
     device: str
@@ -80,7 +88,8 @@ class EvalConfig(_Digest):
 def train_configs(p: Params) -> dict[str, TrainConfig]:
     """One config per distinct training of the grid (ε-free methods share one model across ε rows)."""
     out: dict[str, TrainConfig] = {}
-    s = p.scale_config
+    schedule = asdict(p.scale_config)
+    schedule.pop("time_budget_s")  # a reporting budget (Table V), not a training parameter
     for run in p.runs.values():
         if run.method == EXTERNAL:
             continue
@@ -89,8 +98,9 @@ def train_configs(p: Params) -> dict[str, TrainConfig]:
         out[run.train_id] = TrainConfig(
             train_id=run.train_id, scale=p.scale, method=run.method, method_params=p.method_params(run),
             model=run.model, dataset=ds, eps=eps, eps_start=min(p.eps_start[ds], eps), seed=p.seed,
-            val_size=p.val_size, split_seed=p.split_seed, schedule=asdict(s), optim=asdict(p.optim[ds]),
-            data_root=str(p.data_root), device=p.device, threads=p.threads)
+            val_size=p.val_size, split_seed=p.split_seed, schedule=schedule, optim=asdict(p.optim[ds]),
+            vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
+            memory_cap_gib=p.memory_cap_gib, data_root=str(p.data_root), device=p.device, threads=p.threads)
     return out
 
 
@@ -100,6 +110,11 @@ def eval_configs(p: Params) -> dict[str, EvalConfig]:
         run_id=rid, train_id=run.train_id, scale=p.scale, method=run.method, model=run.model, dataset=run.dataset,
         eps=run.eps, eps_text=run.eps_text,
         test_images=s.test_images_large if p.models[run.model].large else s.test_images,
-        vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify), checkpoint=run.checkpoint,
-        data_root=str(p.data_root),
+        vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
+        attacks=resolve_attack_params(p.attacks, s.attack_overrides, run.dataset), attack_seed=p.attacks.seed,
+        attack_chunk=p.attacks.chunk,
+        table1={**asdict(p.table1), "attacks": resolve_attack_params(p.attacks, s.table1_attack_overrides,
+                                                                     run.dataset)}
+        if rid in p.tables.get("table1", []) else None,
+        checkpoint=run.checkpoint, data_root=str(p.data_root),
         device=p.device, threads=p.threads) for rid, run in p.runs.items()}

@@ -14,7 +14,7 @@ from pipeline.runconfig import TrainConfig
 
 SCHEDULE = {"epochs": 4, "batch_size": 50, "train_limit": 5000, "batches_per_epoch": 100, "val_limit": 100,
             "test_images": 16, "test_images_large": 4, "eps_ramp_epochs": 1, "lr_decay_every": 1,
-            "augment_cifar": False}
+            "augment_cifar": False, "val_vra_images": 4}
 CFG = TrainConfig(
     train_id="mixtrain-resume", scale="test", method="mixtrain",
     method_params={"domain": "interval", "k": 5, "alpha": "adaptive",
@@ -22,7 +22,8 @@ CFG = TrainConfig(
     model="MNIST_Small", dataset="mnist", eps=0.1, eps_start=0.01, seed=3, val_size=5000, split_seed=0,
     schedule=SCHEDULE, optim={"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0,
                               "decay_factor": 0.6},
-    data_root=str(DATA_ROOT), device="cpu", threads=1)
+    vra_domains=["interval"], verify={"dtype": "float64", "margin_tol": 1e-4, "batch_size": 16},
+    memory_cap_gib=11, data_root=str(DATA_ROOT), device="cpu", threads=1)
 
 
 def _start(cfg, out, tmp_path):

@@ -2,8 +2,10 @@
 
 ``python -m pipeline.stages.evaluate --config <eval config json> --model <model.pt or external checkpoint>
 [--train-json <train.json>] --out <dir>`` writes ``samples.json`` (per sample: id, label, prediction, verified,
-verifying domain, min margin lower bound) and then ``metrics.json`` (ACC, VRA with 95% intervals, training costs,
-provenance), both atomically.
+verifying domain, min margin lower bound, which attacks broke it) and then ``metrics.json`` (ACC, ERA per attack, VRA
+with 95% intervals, attack costs, training costs, provenance; for Table I rows the equal-budget attack comparison),
+both atomically.  Every attack is built from the config before the model is loaded, so a bad attack parameter fails
+before any work is done.
 """
 from __future__ import annotations
 
@@ -17,9 +19,24 @@ import torch
 from pipeline.config import EXTERNAL
 from pipeline.runconfig import EvalConfig
 from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices
-from pipeline.evaluation import evaluate_model, summarize
+from pipeline.attacks import get_attack
+from pipeline.evaluation import equal_budget, evaluate_model, summarize
 from pipeline.models import load_external, load_model
 from pipeline.utils import atomic_write_json, provenance, resolve_device, sha256_file
+
+
+def _report_out_of_memory(cfg: EvalConfig, train_info: dict, out: Path) -> int:
+    """A training stopped at the memory cap has no model to evaluate: say so, with its measured peak."""
+    atomic_write_json(out / "samples.json", {})
+    atomic_write_json(out / "metrics.json", {
+        "run_id": cfg.run_id, "train_id": cfg.train_id, "scale": cfg.scale, "method": cfg.method,
+        "model": cfg.model, "dataset": cfg.dataset, "eps": cfg.eps, "eps_text": cfg.eps_text,
+        "status": "out_of_memory", "train": {k: train_info.get(k) for k in (
+            "status", "peak_mem_mb", "peak_mem_kind", "memory_cap_gib")},
+        "provenance": train_info.get("provenance")})
+    print(f"{cfg.run_id}: out of memory in training (peak >= {train_info['peak_mem_mb']:.0f} MB); not evaluated",
+          file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     cfg = EvalConfig.from_json(args.config.read_text())
+    train_info = json.loads(args.train_json.read_text()) if args.train_json else {}
+    if train_info.get("status") == "out_of_memory":
+        return _report_out_of_memory(cfg, train_info, args.out)
+    attacks = {name: get_attack(name)(**kw) for name, kw in cfg.attacks.items()}
+    table1_attacks = ({name: get_attack(name)(**kw) for name, kw in cfg.table1["attacks"].items()}
+                      if cfg.table1 is not None else {})
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -46,20 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     x, y = test.float_images(idx).to(device), test.y[idx].to(device)
     dtype = getattr(torch, cfg.verify["dtype"])
     samples = evaluate_model(model, x, y, ids, cfg.eps, cfg.vra_domains, dtype, cfg.verify["margin_tol"],
-                             cfg.verify["batch_size"])
-    train_info = json.loads(args.train_json.read_text()) if args.train_json else {}
+                             cfg.verify["batch_size"], attacks=attacks, attack_seed=cfg.attack_seed,
+                             attack_chunk=cfg.attack_chunk)
+    table1 = None
+    if cfg.table1 is not None:
+        n1 = cfg.table1["images"] or len(x)
+        table1 = equal_budget(model, x[:n1], y[:n1], cfg.eps, table1_attacks, cfg.table1["budget_passes"],
+                              cfg.attack_seed)
     metrics = {
         "run_id": cfg.run_id, "train_id": cfg.train_id, "scale": cfg.scale, "method": cfg.method,
         "model": cfg.model, "dataset": cfg.dataset, "eps": cfg.eps, "eps_text": cfg.eps_text,
-        **summarize(samples), "vra_domains": cfg.vra_domains, "verify": cfg.verify,
+        **summarize(samples), "vra_domains": cfg.vra_domains, "verify": cfg.verify, "attacks": cfg.attacks,
+        **({"table1": table1} if table1 is not None else {}),
         "train": {k: train_info.get(k) for k in ("batch_time_s", "train_time_s", "peak_mem_mb", "peak_mem_kind",
-                                                 "steps", "train_images", "history")} if train_info else None,
+                                                 "steps", "train_images", "history", "status",
+                                                 "memory_cap_gib")} if train_info else None,
         "provenance": provenance(device, cfg.digest(), dtype=f"model float32, bounds {cfg.verify['dtype']}",
                                  checkpoint_sha256=sha256_file(args.model)),
     }
     atomic_write_json(args.out / "samples.json", samples.to_dict())
     atomic_write_json(args.out / "metrics.json", metrics)
-    print(f"{cfg.run_id}: ACC {metrics['acc']:.4f} VRA {metrics['vra']:.4f} (n={metrics['n']})", file=sys.stderr)
+    eras = " ".join(f"ERA({a}) {metrics[f'era_{a}']:.4f}" for a in cfg.attacks)
+    print(f"{cfg.run_id}: ACC {metrics['acc']:.4f} {eras} VRA {metrics['vra']:.4f} (n={metrics['n']})",
+          file=sys.stderr)
     return 0
 
 

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 from tabulate import tabulate
 
-from pipeline.utils import atomic_write_json, atomic_write_text
+from pipeline.utils import atomic_write_json, atomic_write_text, wilson_interval
 
 NOT_IMPLEMENTED = "n/a (method not yet implemented)"
-NO_ATTACK = "n/a (attack not yet implemented)"
+NO_ATTACK = "n/a (not measured)"
 METHOD_NAMES = {"natural": "Baseline", "madry": "Madry", "sinha": "Sinha", "mixtrain": "MixTrain", "wong": "Wong",
                 "diffai": "DIFFAI", "external": "External"}
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR"}
@@ -57,6 +57,21 @@ def method_label(run: dict, m: dict | None = None) -> str:
     return f"{label} ({extra})" if extra else label
 
 
+def _budget(m: dict) -> str:
+    t = m.get("table1")
+    return NO_ATTACK if not t else f"{t['budget_passes']}"
+
+
+def _t1(m: dict, attack: str) -> str:
+    """Success rate over the correctly classified images, with the passes and wall time the attack spent."""
+    a = ((m.get("table1") or {}).get("attacks") or {}).get(attack)
+    if not a:
+        return NO_ATTACK
+    lo, hi = wilson_interval(a["success"], a["attacked"]) if a["attacked"] else (0.0, 1.0)
+    return (f"{100 * a['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] of {a['attacked']} · {a['passes']} passes · "
+            f"{a['seconds']:.1f} s")
+
+
 Column = tuple[str, Callable[[dict, dict], str]]
 IDENTITY = ("Dataset", "Model", "ε", "Method")
 
@@ -74,13 +89,14 @@ MEM: Column = ("Peak Memory", lambda r, m: _train(m, "peak_mem_mb"))
 
 TABLES: dict[str, tuple[str, list[Column]]] = {
     "table1": ("Table I: attack success rate and cost on Madry-trained MNIST_FC1/FC2 (ε=0.3), equal budget",
-               [("Model", lambda r, m: r["model"]), ("PGD success", lambda r, m: NO_ATTACK),
-                ("CW success", lambda r, m: NO_ATTACK), ("Interval success", lambda r, m: NO_ATTACK)]),
+               [("Model", lambda r, m: r["model"]), ("Budget (passes)", lambda r, m: _budget(m)),
+                ("PGD success", lambda r, m: _t1(m, "pgd")), ("CW success", lambda r, m: _t1(m, "cw")),
+                ("Interval success", lambda r, m: _t1(m, "interval"))]),
     "table3": ("Table III: MixTrain vs adversarially robust training", COMMON + [BATCH, TRAIN, ACC, ERA_PGD, VRA]),
     "table4": ("Table IV: MixTrain vs verifiably robust training", COMMON + [BATCH, TRAIN, MEM, ACC, ERA_PGD, VRA]),
-    "table5": ("Table V: time to first reach MixTrain's VRA (validation split)",
-               COMMON + [("Time to MixTrain VRA", lambda r, m: NOT_IMPLEMENTED if not m else
-                          "n/a (per-epoch VRA tracking not yet implemented)")]),
+    "table5": ("Table V: training time to first reach MixTrain's VRA on the validation split",
+               COMMON + [("Target VRA (MixTrain, val)", lambda r, m: m.get("table5_target", "n/a")),
+                         ("Time to target", lambda r, m: m.get("table5_time", "n/a"))]),
     "table6": ("Table VI: MixTrain models under attack and verification",
                COMMON + [ACC, ERA_PGD, ERA_CW, ERA_INT, VRA]),
     "table7": ("Table VII: effect of k (CIFAR_Small)", COMMON + [BATCH, TRAIN, ACC, ERA_PGD, VRA]),
@@ -88,14 +104,55 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
 }
 
 
+def _history(m: dict) -> list[dict]:
+    return (m.get("train") or {}).get("history") or []
+
+
+def time_to_target(rows: list[str], cfg: dict, metrics: dict[str, dict], budget_s: float) -> dict[str, dict]:
+    """Table V cells: per (model, ε) group, the target is the MixTrain row's validation VRA after its last epoch;
+    each row reports the training time (epoch granularity) at which its validation VRA first reached it."""
+    targets = {}
+    for rid in rows:
+        run, hist = cfg["runs"][rid], _history(metrics.get(rid, {}))
+        if run["method"] == "mixtrain" and hist and hist[-1].get("val_vra") is not None:
+            targets[(run["model"], run["eps"])] = hist[-1]["val_vra"]
+    cells = {}
+    for rid in rows:
+        run, m = cfg["runs"][rid], metrics.get(rid, {})
+        target = targets.get((run["model"], run["eps"]))
+        if target is None:
+            cells[rid] = {"table5_target": "n/a (no MixTrain validation VRA for this model and ε)"}
+            continue
+        hit = next((h for h in _history(m) if h.get("val_vra") is not None and h["val_vra"] >= target), None)
+        if m.get("status") == "out_of_memory":
+            when = "Out of memory"
+        elif not _history(m):
+            when = "n/a (no training history)"
+        elif hit is None or hit["train_time_s"] > budget_s:
+            when = f">{budget_s:g} s (budget; best {100 * max(h.get('val_vra') or 0 for h in _history(m)):.1f}%)"
+        else:
+            when = f"{hit['train_time_s']:.1f} s (epoch {hit['epoch']})"
+        cells[rid] = {"table5_target": f"{100 * target:.1f}%", "table5_time": when}
+    return cells
+
+
+def _out_of_memory_row(columns: list[Column], run: dict, m: dict, cap_gib: float | None) -> list[str]:
+    peak = (m.get("train") or {}).get("peak_mem_mb")
+    text = f"Out of memory (peak >= {peak:.0f} MB, cap {cap_gib} GiB)" if peak is not None else "Out of memory"
+    return [f(run, m) if h in IDENTITY else text for h, f in columns]
+
+
 def render(name: str, rows: list[str], cfg: dict, metrics: dict[str, dict]) -> str:
     title, columns = TABLES[name]
+    extra = time_to_target(rows, cfg, metrics, cfg["time_budget_s"]) if name == "table5" else {}
     body = []
     for rid in rows:
         run = cfg["runs"][rid]
-        m = metrics.get(rid, {})
+        m = {**metrics.get(rid, {}), **extra.get(rid, {})}
         if run["method"] not in cfg["implemented_methods"] and run["method"] != "external":
             body.append([f(run, m) if h in IDENTITY else NOT_IMPLEMENTED for h, f in columns])
+        elif m.get("status") == "out_of_memory":
+            body.append(_out_of_memory_row(columns, run, m, cfg.get("memory_cap_gib")))
         else:
             body.append([f(run, m) for _, f in columns])
     devices = sorted({m["provenance"]["device"] for m in metrics.values() if m.get("run_id") in rows})

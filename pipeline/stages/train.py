@@ -1,38 +1,92 @@
-"""Stage: train one configuration of the grid.
+"""Stage: train one configuration of the grid, in its own process, under the memory cap.
 
 ``python -m pipeline.stages.train --config results/<scale>/config/train/<id>.json --out results/<scale>/train/<id>``
 writes ``model.pt`` (the final ``state_dict``) and ``train.json`` (history, timings, provenance); both atomically,
 ``train.json`` last.  Re-running after a kill resumes from the last epoch checkpoint of the same configuration.
+
+The training runs in a worker process (this module with ``--worker``) watched by :func:`pipeline.utils.run_capped`.
+If it exceeds ``memory_cap_gib`` the worker is stopped and the stage still succeeds, writing ``train.json`` with
+``"status": "out_of_memory"`` and the measured peak, and an empty ``model.pt`` — the paper's "Out of memory" row,
+never a silent skip.  The evaluate stage reports such a run without evaluating it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import torch
+
 from pipeline.runconfig import TrainConfig
 from pipeline.train import train
-from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, sha256_file
+from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, resolve_device, sha256_file
+from pipeline.utils.memcap import OOM_EXIT, cap_cuda_memory, die_with_parent, run_capped
+
+
+def _cap_bytes(cfg: TrainConfig) -> int | None:
+    return None if cfg.memory_cap_gib is None else int(cfg.memory_cap_gib * 2**30)
+
+
+def worker(cfg: TrainConfig, out: Path) -> int:
+    die_with_parent()
+    device = resolve_device(cfg.device)
+    cap_cuda_memory(device, _cap_bytes(cfg))
+    try:
+        result = train(cfg, out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"{cfg.train_id}: CUDA out of memory under the cap: {e}", file=sys.stderr)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        atomic_write_json(out / "oom.json", {"peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated"})
+        return OOM_EXIT
+    model_path = out / "model.pt"
+    atomic_save_torch(model_path, result["model"].state_dict())
+    atomic_write_json(out / "train.json", {
+        "train_id": cfg.train_id, "status": "ok", "method": cfg.method, "model": cfg.model, "eps": cfg.eps,
+        "method_params": cfg.method_params, "history": result["history"],
+        "batch_time_s": result["batch_time_s"], "train_time_s": result["train_time_s"], "steps": result["steps"],
+        "batches_per_epoch": result["batches_per_epoch"], "train_images": result["train_images"],
+        "peak_mem_mb": result["peak_mem_mb"], "peak_mem_kind": result["peak_mem_kind"],
+        "memory_cap_gib": cfg.memory_cap_gib,
+        "provenance": provenance(result["device"], cfg.digest(), checkpoint_sha256=sha256_file(model_path)),
+    })
+    return 0
+
+
+def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
+    cmd = [sys.executable, "-m", "pipeline.stages.train", "--config", str(config_path), "--out", str(out), "--worker"]
+    res = run_capped(cmd, _cap_bytes(cfg) if resolve_device(cfg.device).type == "cpu" else None)
+    if not res.out_of_memory:
+        return res.returncode
+    oom = out / "oom.json"
+    peak, kind = res.peak_rss_mb, "process_rss_when_stopped"
+    if oom.is_file():
+        info = json.loads(oom.read_text())
+        peak, kind = info["peak_mem_mb"], info["peak_mem_kind"]
+        oom.unlink()
+    print(f"{cfg.train_id}: out of memory (peak >= {peak:.0f} MB, cap {cfg.memory_cap_gib} GiB); reported as such",
+          file=sys.stderr)
+    model_path = out / "model.pt"
+    atomic_save_torch(model_path, {})
+    atomic_write_json(out / "train.json", {
+        "train_id": cfg.train_id, "status": "out_of_memory", "method": cfg.method, "model": cfg.model,
+        "eps": cfg.eps, "method_params": cfg.method_params, "peak_mem_mb": peak, "peak_mem_kind": kind,
+        "memory_cap_gib": cfg.memory_cap_gib, "history": [], "batch_time_s": None, "train_time_s": None,
+        "provenance": provenance(resolve_device(cfg.device), cfg.digest(), checkpoint_sha256=None),
+    })
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cfg = TrainConfig.from_json(args.config.read_text())
-    result = train(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
-    model_path = args.out / "model.pt"
-    atomic_save_torch(model_path, result["model"].state_dict())
-    atomic_write_json(args.out / "train.json", {
-        "train_id": cfg.train_id, "method": cfg.method, "model": cfg.model, "eps": cfg.eps,
-        "method_params": cfg.method_params, "history": result["history"],
-        "batch_time_s": result["batch_time_s"], "train_time_s": result["train_time_s"], "steps": result["steps"],
-        "batches_per_epoch": result["batches_per_epoch"], "train_images": result["train_images"],
-        "peak_mem_mb": result["peak_mem_mb"], "peak_mem_kind": result["peak_mem_kind"],
-        "provenance": provenance(result["device"], cfg.digest(), checkpoint_sha256=sha256_file(model_path)),
-    })
-    return 0
+    if args.worker:
+        return worker(cfg, args.out)
+    return supervise(cfg, args.config, args.out)
 
 
 if __name__ == "__main__":

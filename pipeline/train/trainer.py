@@ -7,7 +7,9 @@ every RNG restored, so a resumed run ends with the same weights as an uninterrup
 Checkpoints hold tensors and plain containers only and load with ``weights_only=True``.
 
 Timing: ``batch_time_s`` is the median wall time of one optimiser step (loss, backward, step; CUDA synchronised);
-``train_time_s`` sums the epochs' training time and excludes validation.  ``peak_mem_mb`` is the peak CUDA
+``train_time_s`` sums the epochs' training time and excludes validation.  After every epoch the first
+``val_vra_images`` validation images are certified at the target ε with the model's fixed ``vra_domains`` (Table V);
+that cost is recorded per epoch as ``val_vra_time_s``, outside the training time.  ``peak_mem_mb`` is the peak CUDA
 allocation on GPU, else the process's peak RSS (which includes the dataset in memory).
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipeline.bounds import verify
 from pipeline.runconfig import TrainConfig
 from pipeline.data import NORMALIZATION, load_dataset, split_train_val
 from pipeline.models import build_model
@@ -74,6 +77,19 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
     correct = sum((model(x[i:i + bs].to(device)).argmax(1).cpu() == y[i:i + bs]).sum().item()
                   for i in range(0, len(y), bs))
     return correct / max(1, len(y))
+
+
+def _val_vra(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Validation VRA at the target ε with the model's verification domains, and what it cost (not train time)."""
+    n = cfg.schedule["val_vra_images"]
+    if not n or cfg.eps <= 0:
+        return {}
+    t0 = time.perf_counter()
+    v = cfg.verify
+    res = verify(model, x[:n].to(device), y[:n].to(device), cfg.eps, cfg.vra_domains,
+                 dtype=getattr(torch, v["dtype"]), margin_tol=v["margin_tol"], batch_size=v["batch_size"])
+    return {"val_vra": sum(res.verified) / n, "val_vra_time_s": time.perf_counter() - t0}
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -165,11 +181,12 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         train_time += epoch_time
         val_acc = _accuracy(model, x_val, y_val, device)
         entry = {"epoch": epoch + 1, "loss": statistics.fmean(losses), "val_acc": val_acc, "eps": eps,
-                 "lr": lr, "train_time_s": train_time,
+                 "lr": lr, "train_time_s": train_time, **_val_vra(model, x_val, y_val, cfg, device),
                  **method.end_epoch(epoch + 1, val_acc)}
         history.append(entry)
+        vra = f" val_vra {entry['val_vra']:.4f}" if "val_vra" in entry else ""
         log(f"{cfg.train_id}: epoch {epoch + 1}/{sched_cfg['epochs']} loss {entry['loss']:.4f} "
-            f"val_acc {val_acc:.4f} ({epoch_time:.1f}s)")
+            f"val_acc {val_acc:.4f}{vra} ({epoch_time:.1f}s)")
         atomic_save_torch(ckpt_dir / f"epoch_{epoch + 1:04d}.pt", {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "method": method.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),

@@ -1,16 +1,13 @@
 # Rules. Staleness: each train/evaluate job reads a per-run config JSON that the Snakefile rewrites only when its
 # content changes, so a job reruns exactly when a parameter reaching it changes (and when its inputs are newer).
+# Resources: gpu=1 on train is what `--resources gpu=N` counts locally; runtime/mem_mb/cpus_per_task (and train's
+# gres) come from params.yaml `cluster` and are what the SLURM profile (workflow/profiles/slurm) asks sbatch for.
+# A local run ignores them, and no resource is a rerun trigger.
 
-rule tables:
-    input:
-        cfg = f"{R}/config/tables.json",
-        metrics = expand(f"{R}/eval/{{run_id}}/metrics.json", run_id=RUN_IDS),
-    output:
-        tables = expand(f"{REPORT}/tables/table{{n}}.md", n=[1, 3, 4, 5, 6, 7, 8]),
-        all = f"{REPORT}/tables.md",
-        metrics = f"{REPORT}/metrics.json",
-    shell:
-        "{PY} -m pipeline.stages.tables --config {input.cfg} --results {R} --out {REPORT}"
+
+def cluster_resources(rule):
+    r = P.cluster.rules[rule]
+    return {"runtime": r.runtime_min, "mem_mb": r.mem_mb, "cpus_per_task": r.cpus}
 
 
 rule prepare:
@@ -18,6 +15,8 @@ rule prepare:
         f"{R}/data/{{dataset}}.json"
     params:
         root = str(P.data_root)
+    resources:
+        **cluster_resources("prepare")
     shell:
         "{PY} -m pipeline.stages.prepare --dataset {wildcards.dataset} --data-root {params.root} --out {output}"
 
@@ -35,7 +34,9 @@ rule train:
         model = f"{R}/train/{{train_id}}/model.pt",
         info = f"{R}/train/{{train_id}}/train.json",
     resources:
-        gpu = 1
+        gpu = 1,
+        gres = P.cluster.gpu_gres,
+        **cluster_resources("train")
     log:
         f"{R}/logs/train/{{train_id}}.log"
     shell:
@@ -62,6 +63,8 @@ rule evaluate:
         samples = f"{R}/eval/{{run_id}}/samples.json",
     params:
         info = lambda wildcards, input: f"--train-json {input.info}" if "info" in input.keys() else ""
+    resources:
+        **cluster_resources("evaluate")
     log:
         f"{R}/logs/eval/{{run_id}}.log"
     shell:

@@ -1,0 +1,31 @@
+"""Semantic validation that needs the method and attack classes: build every training method and every attack the
+grid will use, so a bad hyperparameter fails with one error naming the run or attack before any job starts
+(params.yaml structure is checked torch-free in :mod:`pipeline.config` / :mod:`pipeline.evalparams`)."""
+from __future__ import annotations
+
+from pipeline.attacks import get_attack
+from pipeline.config import Params
+from pipeline.errors import ConfigError
+from pipeline.runconfig import eval_configs, train_configs
+from pipeline.train import get_method, implemented_methods
+
+__all__ = ["check_buildable"]
+
+
+def check_buildable(p: Params) -> None:
+    implemented = set(implemented_methods())
+    for tid, cfg in train_configs(p).items():
+        if cfg.method not in implemented:
+            continue
+        try:
+            get_method(cfg.method)(cfg.method_params, cfg.dataset, cfg.seed)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"run {tid}: method {cfg.method!r} rejects its parameters "
+                              f"{cfg.method_params}: {e}") from None
+    for rid, cfg in eval_configs(p).items():
+        for where, attacks in (("attacks", cfg.attacks), ("table1", (cfg.table1 or {}).get("attacks", {}))):
+            for name, kw in attacks.items():
+                try:
+                    get_attack(name)(**kw)
+                except (ValueError, TypeError) as e:
+                    raise ConfigError(f"{where}.{name} (scale {p.scale}, dataset {cfg.dataset}): {e}") from None
