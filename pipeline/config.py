@@ -7,14 +7,16 @@ the key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.clusterparams import ClusterConfig, JobResources, parse_cluster
 from pipeline.errors import ConfigError
+from pipeline.schema import _check_keys, _dc, _num, _req
 from pipeline.evalparams import (AttackSettings, FigureSettings, Table1Settings, check_attack_overrides, parse_attacks,
                                  parse_figures, parse_table1)
 
@@ -34,56 +36,6 @@ EPS_FREE_METHODS = ("natural", "sinha")  # methods whose training ignores ε (Me
 #: the pseudo-method of runs that evaluate a published checkpoint instead of training
 EXTERNAL = "external"
 DATASETS = ("mnist", "cifar10")
-
-
-def _req(d: dict, key: str, where: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    if key not in d:
-        raise ConfigError(f"{where}.{key}: missing (required)")
-    return d[key]
-
-
-def _check_keys(d: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {extra}; expected only {sorted(allowed)}")
-
-
-def _num(v: Any, where: str, lo: float | None = None, hi: float | None = None, integer: bool = False,
-         allow_none: bool = False) -> Any:
-    if v is None and allow_none:
-        return None
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok:
-        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}"
-                          f"{' or null' if allow_none else ''}, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ConfigError(f"{where}: {v!r} out of range [{lo}, {hi}]")
-    return v
-
-
-def _dc(cls: type, d: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``d``: every field required, no unknown keys, types checked."""
-    names = {f.name for f in fields(cls)}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-    _check_keys(d, names, where)
-    kwargs = {}
-    for f in fields(cls):
-        v = _req(d, f.name, where)
-        t = str(f.type)
-        if "bool" in t:
-            if not isinstance(v, bool):
-                raise ConfigError(f"{where}.{f.name}: expected true/false, got {v!r}")
-        elif t.startswith("int"):
-            v = _num(v, f"{where}.{f.name}", lo=0, integer=True, allow_none="None" in t)
-        elif t.startswith("float"):
-            v = float(_num(v, f"{where}.{f.name}", lo=0))
-        elif t.startswith("str") and not isinstance(v, str):
-            raise ConfigError(f"{where}.{f.name}: expected a string, got {v!r}")
-        kwargs[f.name] = v
-    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -143,45 +95,6 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"verify.dtype: expected float32 or float64, got {self.dtype!r}")
-
-
-@dataclass(frozen=True)
-class JobResources:
-    """What one job of a rule asks a cluster scheduler for (sbatch --time, --mem, --cpus-per-task)."""
-    runtime_min: int
-    mem_mb: int
-    cpus: int
-
-
-#: the rules that take per-rule cluster resources from params.yaml (cluster.<rule>)
-CLUSTER_RULES = ("prepare", "train", "evaluate", "figure", "tables")
-#: a SLURM GRES: name[:type][:count] (the form the SLURM executor plugin accepts for its gres resource)
-GRES_RE = re.compile(r"[A-Za-z0-9_]+(:[A-Za-z0-9_.]+)?(:\d+)?")
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """params.yaml ``cluster``: SLURM requests per rule and the GRES of one GPU training; local runs ignore it."""
-    gpu_gres: str
-    rules: dict[str, JobResources]
-
-
-def _cluster(raw: Any) -> ClusterConfig:
-    where = "cluster"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with gpu_gres and {list(CLUSTER_RULES)}, got {raw!r}")
-    _check_keys(raw, {"gpu_gres", *CLUSTER_RULES}, where)
-    gres = _req(raw, "gpu_gres", where)
-    if not isinstance(gres, str) or not GRES_RE.fullmatch(gres):
-        raise ConfigError(f"{where}.gpu_gres: expected a SLURM GRES such as 'gpu:1' or 'gpu:a100:1', got {gres!r}")
-    rules = {}
-    for rule in CLUSTER_RULES:
-        res = _dc(JobResources, _req(raw, rule, where), f"{where}.{rule}")
-        for name in ("runtime_min", "mem_mb", "cpus"):
-            if getattr(res, name) < 1:
-                raise ConfigError(f"{where}.{rule}.{name}: must be >= 1, got {getattr(res, name)}")
-        rules[rule] = res
-    return ClusterConfig(gres, rules)
 
 
 @dataclass(frozen=True)
@@ -415,7 +328,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, integer=True),
         verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
         scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
-        cluster=_cluster(_req(raw, "cluster", "params")), attacks=attacks,
+        cluster=parse_cluster(_req(raw, "cluster", "params")), attacks=attacks,
         table1=parse_table1(_req(raw, "table1", "params")), figures=parse_figures(raw.get("figures"), runs))
 
 
