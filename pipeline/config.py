@@ -149,6 +149,9 @@ class Params:
     memory_cap_gib: float | None
     val_size: int
     split_seed: int
+    pin_memory: bool        # data.pin_memory: page-locked host batches on CUDA (no effect on CPU or on results)
+    prefetch_batches: int   # data.prefetch_batches: batches made ahead on a background thread (0 = synchronous)
+    mixed_precision: bool   # bfloat16 autocast for natural forwards and attack generation only, never for bounds
     verify: VerifyConfig
     scales: dict[str, ScaleConfig]
     optim: dict[str, OptimConfig]
@@ -180,9 +183,15 @@ class Params:
         return resolved
 
 
-TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "data", "verify", "scales",
-            "optim", "eps_start",
+TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "mixed_precision", "data",
+            "verify", "scales", "optim", "eps_start",
             "models", "methods", "runs", "tables", "cluster", "attacks", "table1", "figures"}
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
 
 
 def _check_mixtrain(m: dict[str, Any]) -> None:
@@ -285,7 +294,11 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device: expected auto, cpu or cuda, got {device!r}")
     data = _req(raw, "data", "params")
-    _check_keys(data, {"val_size", "split_seed"}, "data")
+    _check_keys(data, {"val_size", "split_seed", "pin_memory", "prefetch_batches"}, "data")
+    pin_memory = _bool(_req(data, "pin_memory", "data"), "data.pin_memory")
+    prefetch_batches = _num(_req(data, "prefetch_batches", "data"), "data.prefetch_batches", lo=0, hi=64,
+                            integer=True)
+    mixed_precision = _bool(_req(raw, "mixed_precision", "params"), "mixed_precision")
     optim = {ds: _dc(OptimConfig, o, f"optim.{ds}") for ds, o in _req(raw, "optim", "params").items()}
     eps_start = {ds: parse_eps(v, f"eps_start.{ds}")[0] for ds, v in _req(raw, "eps_start", "params").items()}
     for ds in ("mnist", "cifar10"):
@@ -326,6 +339,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         memory_cap_gib=_num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, allow_none=True),
         val_size=_num(_req(data, "val_size", "data"), "data.val_size", lo=1, integer=True),
         split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, integer=True),
+        pin_memory=pin_memory, prefetch_batches=prefetch_batches, mixed_precision=mixed_precision,
         verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
         scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
         cluster=parse_cluster(_req(raw, "cluster", "params")), attacks=attacks,

@@ -25,7 +25,7 @@ from scipy import stats  # noqa: E402
 from pipeline.bounds import bound_margins  # noqa: E402
 
 __all__ = ["per_sample_verified_loss", "fig4_data", "plot_fig4", "fig7_data", "plot_fig7", "fig5_data", "plot_fig5",
-           "plot_fig2"]
+           "plot_fig2", "plot_note"]
 
 
 def _save(fig, path) -> None:
@@ -109,6 +109,14 @@ def plot_fig5(panels: dict[str, dict[str, Any]], path) -> None:
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_note(text: str, path) -> None:
+    """A PNG that says why a figure could not be drawn (the pipeline completes; nothing is silently missing)."""
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
     _save(fig, path)
 
 

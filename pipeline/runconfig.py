@@ -1,13 +1,15 @@
 """Per-run resolved configurations: one JSON-serialisable config per training and per evaluation of the grid.
 
-Their :meth:`digest` (over every value that changes the outputs, not over where the data lives or which device runs
-it) keys checkpoints, so a changed parameter never resumes from a stale checkpoint.
+Their :meth:`digest` (over every value that changes the outputs, not over where the data lives, which device runs
+it or how batches are fed to it) keys checkpoints, so a changed parameter never resumes from a stale checkpoint.
+Fields added later with a default (``mixed_precision``, ...) are hashed only when they differ from that default, so
+adding one leaves every existing digest, and checkpoint, valid; a config file written before them still loads.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any
 
 from pipeline.config import EPS_FREE_METHODS, EXTERNAL, Params
@@ -19,12 +21,15 @@ __all__ = ["TrainConfig", "EvalConfig", "train_configs", "eval_configs"]
 class _Digest:
     """Mixin: a stable hash over the fields that change outputs (not locations or devices)."""
     _NOT_HASHED: tuple[str, ...] = ()
+    #: field -> value at which it is left out of the digest (fields added after digests existed)
+    _HASHED_UNLESS: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
     def digest(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED
+             and not (k in self._HASHED_UNLESS and v == self._HASHED_UNLESS[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -34,7 +39,12 @@ class _Digest:
     def from_json(cls, text: str):
         d = json.loads(text)
         d.pop("digest", None)
-        return cls(**{f.name: d[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+        # a field with a default may be missing (a file written before it existed)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or not _has_default(f)})  # type: ignore
+
+
+def _has_default(f: Field) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,11 @@ class TrainConfig(_Digest):
     data_root: str
     device: str
     threads: int
-    _NOT_HASHED = ("data_root", "device", "threads")
+    pin_memory: bool = True         # page-locked host batches on CUDA (ignored on CPU); does not change results
+    prefetch_batches: int = 0       # batches made ahead on a background thread (0: synchronous); same results
+    mixed_precision: bool = False   # bfloat16 autocast for natural forwards and PGD/WRM generation, never bounds
+    _NOT_HASHED = ("data_root", "device", "threads", "pin_memory", "prefetch_batches")
+    _HASHED_UNLESS = {"mixed_precision": False}
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,9 @@ class EvalConfig(_Digest):
     data_root: str
     device: str
     threads: int
+    mixed_precision: bool = False   # bfloat16 autocast inside the attacks' search only (not clean/re-check, not VRA)
     _NOT_HASHED = ("data_root", "device", "threads")
+    _HASHED_UNLESS = {"mixed_precision": False}
 
 
 def train_configs(p: Params) -> dict[str, TrainConfig]:
@@ -100,7 +116,8 @@ def train_configs(p: Params) -> dict[str, TrainConfig]:
             model=run.model, dataset=ds, eps=eps, eps_start=min(p.eps_start[ds], eps), seed=p.seed,
             val_size=p.val_size, split_seed=p.split_seed, schedule=schedule, optim=asdict(p.optim[ds]),
             vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
-            memory_cap_gib=p.memory_cap_gib, data_root=str(p.data_root), device=p.device, threads=p.threads)
+            memory_cap_gib=p.memory_cap_gib, data_root=str(p.data_root), device=p.device, threads=p.threads,
+            pin_memory=p.pin_memory, prefetch_batches=p.prefetch_batches, mixed_precision=p.mixed_precision)
     return out
 
 
@@ -117,4 +134,4 @@ def eval_configs(p: Params) -> dict[str, EvalConfig]:
                                                                      run.dataset)}
         if rid in p.tables.get("table1", []) else None,
         checkpoint=run.checkpoint, data_root=str(p.data_root),
-        device=p.device, threads=p.threads) for rid, run in p.runs.items()}
+        device=p.device, threads=p.threads, mixed_precision=p.mixed_precision) for rid, run in p.runs.items()}

@@ -23,7 +23,7 @@ def _cfg(**kw):
                 model="MNIST_Small", dataset="mnist", eps=0.001, eps_text="0.001", test_images=12,
                 vra_domains=["interval", "symbolic_linear", "backward"], verify=VERIFY, attacks=ATTACKS,
                 attack_seed=0, attack_chunk=256, table1=None, checkpoint={"path": "unused", "mean": [0.0], "std": [1.0]}, data_root=str(DATA_ROOT),
-                device="cpu", threads=1)
+                device="cpu", threads=1, mixed_precision=False)
     base.update(kw)
     return EvalConfig(**base)
 

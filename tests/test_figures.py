@@ -42,3 +42,9 @@ def test_fig7_fig5_fig2_plots(tmp_path):
     plot_fig2({"pgd": [[1.0, 2.0], [0.5, 0.7]], "cw": [[1.5, 1.0], [0.2, 0.1]]}, "t", tmp_path / "fig2.png")
     for f in ("fig7", "fig5", "fig2"):
         assert (tmp_path / f"{f}.png").read_bytes()[:8] == PNG
+
+
+def test_note_png_for_a_figure_that_cannot_be_drawn(tmp_path):
+    from pipeline.figures import plot_note
+    plot_note("fig5 not drawn: run ran out of memory in training", tmp_path / "fig5.png")
+    assert (tmp_path / "fig5.png").read_bytes()[:8] == PNG

@@ -38,7 +38,7 @@ def test_training_over_the_cap_is_reported_out_of_memory(tmp_path):
                 "model": "MNIST_Small", "dataset": "mnist", "eps": 0.1, "eps_text": "0.1", "test_images": 4,
                 "vra_domains": ["interval"], "verify": CFG.verify, "attacks": ATTACKS, "attack_seed": 0,
                 "attack_chunk": 256, "table1": None, "checkpoint": None, "data_root": CFG.data_root,
-                "device": "cpu", "threads": 1}
+                "device": "cpu", "threads": 1, "mixed_precision": False}
     (tmp_path / "eval.json").write_text(json.dumps(eval_cfg))
     p = subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate", "--config", str(tmp_path / "eval.json"),
                         "--model", str(out / "model.pt"), "--train-json", str(out / "train.json"),

@@ -23,7 +23,8 @@ CFG = TrainConfig(
     schedule=SCHEDULE, optim={"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0,
                               "decay_factor": 0.6},
     vra_domains=["interval"], verify={"dtype": "float64", "margin_tol": 1e-4, "batch_size": 16},
-    memory_cap_gib=11, data_root=str(DATA_ROOT), device="cpu", threads=1)
+    memory_cap_gib=11, data_root=str(DATA_ROOT), device="cpu", threads=1,
+    pin_memory=True, prefetch_batches=2, mixed_precision=False)  # resume must match with batches made ahead too
 
 
 def _start(cfg, out, tmp_path):

@@ -16,6 +16,13 @@ Shapes: ``x`` pixels ``[B, C, H, W]`` (any ``[B, ...]``) in [0, 1], ``y`` int64 
    only if its ``x_adv`` is inside the ball (1e-6 slack for float rounding), inside [0, 1] (same slack), finite,
    and misclassified.  Whatever an algorithm claims, only this re-check decides ``success``.
 
+Mixed precision (``Attack.mixed_precision``, set by the evaluate stage from params.yaml): step 3 alone runs under
+bfloat16 autocast, with the model's logits cast back to float32 before the attack's loss
+(:func:`pipeline.utils.precision.mixed_forward`).  The clean forward (1) and the re-check (4) always run with autocast
+off, in the model's own float32, so ``success`` is decided in float32 whatever the setting.  (Bounds an attack uses
+to *steer* its search, as the interval attack does, run under the autocast too; they certify nothing.  VRA never
+runs inside an attack.)
+
 Cost (``AttackResult.passes``): the noise-free unit for equal-budget comparisons is one forward or one backward pass
 over the batch the caller passed.  Work on a subset of the batch counts pro rata (the :class:`CostMeter` adds
 ``passes × samples`` and reports ``ceil(total / B)``), so an attack that stops early on broken samples is charged
@@ -31,6 +38,8 @@ from typing import Callable, ClassVar, TypeVar
 
 import torch
 from torch import nn
+
+from pipeline.utils.precision import full_precision, mixed_forward
 
 __all__ = ["AttackResult", "CostMeter", "Attack", "ATTACKS", "register_attack", "get_attack", "project", "recheck",
            "model_device", "check_int", "check_nonneg", "RECHECK_TOL"]
@@ -129,9 +138,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
 class Attack(ABC):
     """Base class: call ``attack(model, x, y, eps, generator=None)`` -> :class:`AttackResult`.
 
-    Subclasses implement :meth:`perturb` only; ``name`` is set by :func:`register_attack`.
+    Subclasses implement :meth:`perturb` only; ``name`` is set by :func:`register_attack`.  ``mixed_precision``
+    (class default False; set it on an instance): run :meth:`perturb` under bfloat16 autocast (see the module
+    docstring); the clean and re-check forwards stay float32.
     """
     name: ClassVar[str] = ""
+    mixed_precision: bool = False
 
     @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -154,18 +166,19 @@ class Attack(ABC):
             _sync(device)
             start = time.perf_counter()
             meter = CostMeter(x.shape[0])
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(device):
                 wrong = model(x).argmax(1) != y
             meter.add(1)
             x_adv = x.clone()
             todo = (~wrong).nonzero().flatten()
             if todo.numel():
-                with torch.enable_grad():
+                with torch.enable_grad(), mixed_forward(model, device, self.mixed_precision):
                     out = self.perturb(model, x[todo], y[todo], eps, generator, meter)
                 out = out.detach().to(x_adv.dtype)
                 x_adv[todo] = torch.where(torch.isfinite(out), out, x[todo])  # a NaN/inf pixel falls back to x
             x_adv = project(x_adv, x, eps)
-            success = recheck(model, x_adv, x, y, eps)
+            with full_precision(device):  # success is decided in float32, whatever ran inside perturb
+                success = recheck(model, x_adv, x, y, eps)
             meter.add(1)
             _sync(device)
             seconds = time.perf_counter() - start

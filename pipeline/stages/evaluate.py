@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     attacks = {name: get_attack(name)(**kw) for name, kw in cfg.attacks.items()}
     table1_attacks = ({name: get_attack(name)(**kw) for name, kw in cfg.table1["attacks"].items()}
                       if cfg.table1 is not None else {})
+    for attack in (*attacks.values(), *table1_attacks.values()):
+        attack.mixed_precision = cfg.mixed_precision  # the search only; clean and re-check forwards stay float32
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -24,7 +24,7 @@ from pipeline.attacks import get_attack
 from pipeline.bounds import verify
 from pipeline.data import NORMALIZATION, load_dataset, load_split, load_test_subset, subset_indices
 from pipeline.figures import (fig4_data, fig5_data, fig7_data, per_sample_verified_loss, plot_fig2, plot_fig4,
-                              plot_fig5, plot_fig7)
+                              plot_fig5, plot_fig7, plot_note)
 from pipeline.models import load_model
 from pipeline.runconfig import EvalConfig, TrainConfig
 from pipeline.train import training_indices
@@ -42,6 +42,17 @@ def _model(results: Path, cfg: EvalConfig, device: torch.device) -> torch.nn.Mod
     return load_model(cfg.model, results / "train" / cfg.train_id / "model.pt", norm.mean, norm.std).to(device).eval()
 
 
+def _out_of_memory(results: Path, cfg: EvalConfig) -> bool:
+    """Whether the run's training stopped at the memory cap (its model.pt is empty; nothing to draw)."""
+    info = results / "train" / cfg.train_id / "train.json"
+    return info.is_file() and json.loads(info.read_text()).get("status") == "out_of_memory"
+
+
+def _not_drawn(name: str, rid: str, out: Path) -> dict:
+    plot_note(f"{name} not drawn: {rid} ran out of memory in training", out / f"{name}.png")
+    return {"run": rid, "not_drawn": "out_of_memory"}
+
+
 def _test_images(cfg: EvalConfig, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     test = load_split(cfg.dataset, cfg.data_root, "test")
     idx = subset_indices(test, load_test_subset(cfg.dataset)[:n])
@@ -50,6 +61,8 @@ def _test_images(cfg: EvalConfig, n: int, device: torch.device) -> tuple[torch.T
 
 def fig2(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
     cfg = _eval_cfg(results, spec["run"])
+    if _out_of_memory(results, cfg):
+        return _not_drawn("fig2", cfg.run_id, out)
     model = _model(results, cfg, device)
     x, y = _test_images(cfg, cfg.test_images, device)
     with torch.no_grad():
@@ -72,6 +85,8 @@ def fig2(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
 
 def fig4(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
     ecfg = _eval_cfg(results, spec["run"])
+    if _out_of_memory(results, ecfg):
+        return _not_drawn("fig4", ecfg.run_id, out)
     tcfg = TrainConfig.from_json((results / "config" / "train" / f"{ecfg.train_id}.json").read_text())
     model = _model(results, ecfg, device)
     train = load_dataset(tcfg.dataset, tcfg.data_root).train
@@ -86,9 +101,12 @@ def fig4(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
 
 
 def fig5(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
-    panels = {}
+    panels, skipped = {}, {}
     for rid in spec["runs"]:
         cfg = _eval_cfg(results, rid)
+        if _out_of_memory(results, cfg):
+            skipped[rid] = "out_of_memory"
+            continue
         model = _model(results, cfg, device)
         n = cfg.test_images if spec["images"] is None else min(spec["images"], cfg.test_images)
         x, y = _test_images(cfg, n, device)
@@ -106,8 +124,11 @@ def fig5(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
             era.append(sum(not b for b in broken) / n)
             vra.append(sum(v.verified) / n)
         panels[rid] = fig5_data(eps_values, era, vra, n)
-    plot_fig5(panels, out / "fig5.png")
-    return {"panels": panels}
+    if panels:
+        plot_fig5(panels, out / "fig5.png")
+    else:
+        plot_note("fig5 not drawn: every run ran out of memory in training", out / "fig5.png")
+    return {"panels": panels, "not_drawn": skipped}
 
 
 def fig7(spec: list, results: Path, out: Path, device: torch.device) -> dict:

@@ -4,7 +4,8 @@
 writes ``model.pt`` (the final ``state_dict``) and ``train.json`` (history, timings, provenance); both atomically,
 ``train.json`` last.  Re-running after a kill resumes from the last epoch checkpoint of the same configuration.
 
-The training runs in a worker process (this module with ``--worker``) watched by :func:`pipeline.utils.run_capped`.
+The training runs in a worker process (this module with ``--worker``) watched by
+:func:`pipeline.utils.memcap.run_capped`.
 If it exceeds ``memory_cap_gib`` the worker is stopped and the stage still succeeds, writing ``train.json`` with
 ``"status": "out_of_memory"`` and the measured peak, and an empty ``model.pt`` — the paper's "Out of memory" row,
 never a silent skip.  The evaluate stage reports such a run without evaluating it.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 from pathlib import Path
 
@@ -28,16 +30,26 @@ def _cap_bytes(cfg: TrainConfig) -> int | None:
     return None if cfg.memory_cap_gib is None else int(cfg.memory_cap_gib * 2**30)
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    """CUDA OOM, Python's MemoryError, or the CPU allocator refusing a tensor larger than the host can give."""
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
+
+
 def worker(cfg: TrainConfig, out: Path) -> int:
     die_with_parent()
     device = resolve_device(cfg.device)
     cap_cuda_memory(device, _cap_bytes(cfg))
     try:
         result = train(cfg, out, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except torch.cuda.OutOfMemoryError as e:
-        print(f"{cfg.train_id}: CUDA out of memory under the cap: {e}", file=sys.stderr)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        atomic_write_json(out / "oom.json", {"peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated"})
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"{cfg.train_id}: out of memory: {e}", file=sys.stderr)
+        if device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+        else:  # the allocation that failed was never made: the peak is what the process held
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss_at_failure"
+        atomic_write_json(out / "oom.json", {"peak_mem_mb": peak, "peak_mem_kind": kind})
         return OOM_EXIT
     model_path = out / "model.pt"
     atomic_save_torch(model_path, result["model"].state_dict())

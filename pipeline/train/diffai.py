@@ -30,6 +30,7 @@ from torch import nn
 from pipeline.bounds import HYBRID_RELUS, bound_margins, get_domain, verified_loss
 from pipeline.train.registry import Method, register_method
 from pipeline.train.wong import uncertified_fraction
+from pipeline.utils.precision import autocast
 
 __all__ = ["DiffAI", "softplus_max_loss", "ROBUST_LOSSES"]
 
@@ -66,7 +67,9 @@ class DiffAI(Method):
             raise ValueError(f"diffai natural_weight/robust_weight: must be >= 0, not both 0, got {self.weights}")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        logits = model(x)
+        with autocast(x.device, self.mixed_precision):  # natural term only; the abstract bounds never
+            logits = model(x)
+        logits = logits.float()
         natural = F.cross_entropy(logits, y)
         w_nat, w_rob = self.weights
         stats = {"acc": (logits.argmax(1) == y).float().mean().item()}

@@ -18,6 +18,7 @@ from torch import nn
 
 from pipeline.attacks import pgd_perturb
 from pipeline.train.registry import Method, register_method
+from pipeline.utils.precision import autocast, mixed_forward
 
 __all__ = ["Madry"]
 
@@ -36,6 +37,9 @@ class Madry(Method):
         self.steps, self.step, self.random_start = steps, float(step), params["random_start"]
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        x_adv = pgd_perturb(model, x, y, eps, self.steps, self.step, self.random_start, self.generator)
-        logits = model(x_adv)
+        with mixed_forward(model, x.device, self.mixed_precision):  # float32 logits, bfloat16 inside the model
+            x_adv = pgd_perturb(model, x, y, eps, self.steps, self.step, self.random_start, self.generator)
+        with autocast(x.device, self.mixed_precision):
+            logits = model(x_adv)
+        logits = logits.float()
         return F.cross_entropy(logits, y), {"adv_acc": (logits.argmax(1) == y).float().mean().item()}

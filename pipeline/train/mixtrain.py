@@ -8,7 +8,8 @@ samples drawn uniformly without replacement (stochastic output approximation), m
 
 Defaults (params.yaml ``methods.mixtrain``): the paper's symbolic linear relaxation (``domain: symbolic_linear``);
 any registered sound domain plugs in.  ``k`` = batch size is full verified training.  When α = 0 the verified loss
-is not computed, so the step equals natural training's.
+is not computed, so the step equals natural training's.  ``mixed_precision`` autocasts the natural forward only;
+the verified loss's bounds always run in full precision.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from pipeline.bounds import bound_margins, get_domain, verified_loss
 from pipeline.train.alpha import alpha_schedule
 from pipeline.train.registry import Method, register_method
+from pipeline.utils.precision import autocast
 
 __all__ = ["MixTrain", "sample_indices"]
 
@@ -40,7 +42,9 @@ class MixTrain(Method):
         self.k_used = 0  # samples that got the verified loss in the last step (k capped at the batch size)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        logits = model(x)
+        with autocast(x.device, self.mixed_precision):  # the natural part only; the bounds below never
+            logits = model(x)
+        logits = logits.float()
         natural = F.cross_entropy(logits, y)
         stats = {"acc": (logits.argmax(1) == y).float().mean().item(), "alpha": self.alpha.value}
         if self.alpha.value == 0:

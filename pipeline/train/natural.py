@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.train.registry import Method, register_method
+from pipeline.utils.precision import autocast
 
 __all__ = ["Natural"]
 
@@ -15,6 +16,8 @@ class Natural(Method):
     uses_eps = False
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        logits = model(x)
+        with autocast(x.device, self.mixed_precision):
+            logits = model(x)
+        logits = logits.float()
         loss = F.cross_entropy(logits, y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}

@@ -19,11 +19,15 @@ class Method:
     """Base class.  ``params`` are the run's resolved hyperparameters (params.yaml ``methods.<name>`` + overrides).
 
     ``uses_eps``: whether training depends on ε (if not, one model serves every ε row of the grid).
+    ``mixed_precision`` (set by the trainer from params.yaml): run the natural forward passes and any adversarial
+    example generation under bfloat16 autocast (:mod:`pipeline.utils.precision`); never the bounds of a verified
+    or robust loss.  Logits are cast back to float32 before any loss.
     Subclasses implement :meth:`loss`; stateful ones (e.g. an adaptive α) also :meth:`end_epoch`,
     :meth:`state_dict` and :meth:`load_state_dict` (plain numbers only, so checkpoints load with weights_only).
     """
     name: str = ""
     uses_eps: bool = True
+    mixed_precision: bool = False
 
     def __init__(self, params: dict[str, Any], dataset: str, seed: int):
         self.params = dict(params)

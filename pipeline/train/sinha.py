@@ -28,14 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.train.registry import Method, register_method
+from pipeline.utils.precision import autocast
 
 __all__ = ["Sinha", "wrm_perturb"]
 
 
-def wrm_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, steps: int) -> torch.Tensor:
+def wrm_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, steps: int,
+                mixed_precision: bool = False) -> torch.Tensor:
     """Approximate ``argmax_z ℓ(z, y) - γ‖z - x‖₂²`` per sample (the WRM inner problem); returns detached ``z``.
 
     Gradients are taken with respect to the input only, so the model's parameter gradients are untouched.
+    ``mixed_precision``: the model's forward passes under bfloat16 autocast; logits, loss and ``z`` stay float32.
     """
     if gamma <= 0:
         raise ValueError(f"sinha gamma: expected a positive number, got {gamma!r}")
@@ -44,7 +47,9 @@ def wrm_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float
 
     def loss_grad(z: torch.Tensor) -> torch.Tensor:
         z = z.detach().requires_grad_(True)
-        loss = scale * F.cross_entropy(model(z), y, reduction="sum")
+        with autocast(z.device, mixed_precision):
+            logits = model(z)
+        loss = scale * F.cross_entropy(logits.float(), y, reduction="sum")
         return torch.autograd.grad(loss, z)[0]
 
     z = x + loss_grad(x)
@@ -67,8 +72,10 @@ class Sinha(Method):
         self.gamma, self.steps = float(gamma), steps
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        z = wrm_perturb(model, x, y, self.gamma, self.steps)
-        logits = model(z)
+        z = wrm_perturb(model, x, y, self.gamma, self.steps, self.mixed_precision)
+        with autocast(x.device, self.mixed_precision):
+            logits = model(z)
+        logits = logits.float()
         loss = F.cross_entropy(logits, y)
         return loss, {"wrm_acc": (logits.argmax(1) == y).float().mean().item(),
                       "transport_l2": (z - x).flatten(1).norm(dim=1).mean().item()}

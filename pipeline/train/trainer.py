@@ -6,6 +6,10 @@ After a kill the loop resumes from the last complete epoch with the model, optim
 every RNG restored, so a resumed run ends with the same weights as an uninterrupted one (on the same device).
 Checkpoints hold tensors and plain containers only and load with ``weights_only=True``.
 
+Data: each epoch's batches come from :class:`~pipeline.train.batches.EpochBatches` (``prefetch_batches`` made
+ahead on a background thread, pinned host memory on CUDA; the same batches and RNG draws as the synchronous path).
+``mixed_precision`` is handed to the method, which autocasts its natural and attack parts only, never bounds.
+
 Timing: ``batch_time_s`` is the median wall time of one optimiser step (loss, backward, step; CUDA synchronised);
 ``train_time_s`` sums the epochs' training time and excludes validation.  After every epoch the first
 ``val_vra_images`` validation images are certified at the target ε with the model's fixed ``vra_domains`` (Table V);
@@ -25,13 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.bounds import verify
 from pipeline.runconfig import TrainConfig
 from pipeline.data import NORMALIZATION, load_dataset, split_train_val
 from pipeline.models import build_model
+from pipeline.train.batches import EpochBatches, augment_crop_flip
 from pipeline.train.registry import get_method
 from pipeline.utils import atomic_save_torch, load_checkpoint, resolve_device
 
@@ -43,16 +47,6 @@ def eps_at(step: int, ramp_steps: int, eps_start: float, eps: float) -> float:
     if ramp_steps <= 0 or step >= ramp_steps:
         return eps
     return eps_start + (eps - eps_start) * step / ramp_steps
-
-
-def augment_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding (pixel space) and random horizontal flip, per sample (Wong et al.'s CIFAR)."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
-    out = torch.stack([padded[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def training_indices(n_train: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -114,12 +108,14 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
     if n_batches < 1:
         raise ValueError(f"training set of {len(train_idx)} images is smaller than one batch of {bs}")
     ramp_steps = sched_cfg["eps_ramp_epochs"] * n_batches
+    augment = cfg.dataset == "cifar10" and sched_cfg["augment_cifar"]
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     norm = NORMALIZATION[cfg.dataset]
     model = build_model(cfg.model, norm.mean, norm.std).to(device)
     method = get_method(cfg.method)(cfg.method_params, cfg.dataset, cfg.seed)
+    method.mixed_precision = cfg.mixed_precision  # bfloat16 autocast for natural/attack parts only, never bounds
     o = cfg.optim
     if o["name"] == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
@@ -151,31 +147,28 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         model.train()
         perm = torch.randperm(len(train_idx), generator=gen)
         losses, epoch_time = [], 0.0
-        bar = tqdm(range(n_batches), desc=f"{cfg.train_id} epoch {epoch + 1}/{sched_cfg['epochs']}", leave=False,
-                   disable=not sys.stderr.isatty())
-        for b in bar:
-            idx = train_idx[perm[b * bs:(b + 1) * bs].numpy()]
-            x, y = data.float_images(idx), data.y[idx]
-            if cfg.dataset == "cifar10" and sched_cfg["augment_cifar"]:
-                x = augment_crop_flip(x, gen)
-            if device.type == "cuda":
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            eps = eps_at(epoch * n_batches + b, ramp_steps, cfg.eps_start, cfg.eps)
-            t0 = time.perf_counter()
-            loss, stats = method.loss(model, x, y, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            epoch_time += dt
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{cfg.train_id}: loss became {loss.item()} at epoch {epoch + 1}, "
-                                         f"batch {b + 1}")
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps:.4f}")
+        batches = EpochBatches(data, train_idx[perm.numpy()], bs, n_batches, augment, gen, device,
+                               pin_memory=cfg.pin_memory, prefetch_batches=cfg.prefetch_batches)
+        with batches:
+            bar = tqdm(batches, total=n_batches, desc=f"{cfg.train_id} epoch {epoch + 1}/{sched_cfg['epochs']}",
+                       leave=False, disable=not sys.stderr.isatty())
+            for b, (x, y) in enumerate(bar):
+                eps = eps_at(epoch * n_batches + b, ramp_steps, cfg.eps_start, cfg.eps)
+                t0 = time.perf_counter()
+                loss, stats = method.loss(model, x, y, eps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                step_times.append(dt)
+                epoch_time += dt
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"{cfg.train_id}: loss became {loss.item()} at epoch {epoch + 1}, "
+                                             f"batch {b + 1}")
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps:.4f}")
         lr = opt.param_groups[0]["lr"]
         sched.step()
         train_time += epoch_time

@@ -24,6 +24,7 @@ from torch import nn
 
 from pipeline.bounds import bound_margins, verified_loss, wong_domain
 from pipeline.train.registry import Method, register_method
+from pipeline.utils.precision import autocast
 
 __all__ = ["Wong", "uncertified_fraction"]
 
@@ -44,6 +45,6 @@ class Wong(Method):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
         lb, _ = bound_margins(model, x, y, eps, self.domain)
         loss = verified_loss(lb, y)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(x.device, self.mixed_precision):  # logged accuracy only, not the bound
             acc = (model(x).argmax(1) == y).float().mean().item()
         return loss, {"acc": acc, "robust_err": uncertified_fraction(lb.detach(), y)}

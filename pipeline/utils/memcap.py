@@ -12,12 +12,14 @@ orphan training behind.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["CapResult", "run_capped", "die_with_parent", "cap_cuda_memory", "OOM_EXIT", "rss_bytes"]
 
@@ -43,8 +45,22 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def _pdeathsig_for(parent: int) -> Callable[[], None]:
+    """``preexec_fn`` (runs in the child between fork and exec): die with the parent, and exit at once if the parent
+    already died in between (the death signal only covers deaths after it is set).  The setting survives exec, so
+    there is no window in which the worker can outlive its supervisor."""
+    def preexec() -> None:
+        die_with_parent()
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
 def run_capped(cmd: list[str], cap_bytes: int | None, poll_s: float = 0.05, **popen_kwargs) -> CapResult:
-    """Run ``cmd``; kill it if its RSS exceeds ``cap_bytes`` (``None``: no cap, still measured)."""
+    """Run ``cmd``; kill it if its RSS exceeds ``cap_bytes`` (``None``: no cap, still measured).  The child is
+    killed with this process (Linux), also if this process is SIGKILLed."""
+    if sys.platform.startswith("linux"):
+        popen_kwargs.setdefault("preexec_fn", _pdeathsig_for(os.getpid()))
     proc = subprocess.Popen(cmd, **popen_kwargs)
     peak, killed = 0, False
     try:

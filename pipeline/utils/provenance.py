@@ -28,7 +28,14 @@ def git_commit(root: Path | str = ".") -> str:
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA if present else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA if present else CPU; ``cuda`` without a GPU is an error.
+
+    Also switches TF32 off for matrix products and cuDNN convolutions: with TF32 (a default on recent GPUs) a float32
+    model's forward pass carries ~1e-3 relative error, far above the rounding the certification's ``margin_tol``
+    covers, so predictions, attacks and re-checks would not be the float32 model the bounds are about.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -45,6 +52,7 @@ def provenance(device: torch.device, params_digest: str, dtype: str = "float32",
         "python": platform.python_version(),
         "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
         "threads": torch.get_num_threads(),
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
         "dtype": dtype,
         "checkpoint_sha256": checkpoint_sha256,
     }
