@@ -2,12 +2,15 @@
 key and what was expected.  Torch-free."""
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["_req", "_check_keys", "_num", "_dc"]
+# Underscore names on purpose: module-private helpers of the params parsers (config, evalparams, clusterparams), not
+# part of the library's API.
+__all__: list[str] = []
 
 
 def _req(d: dict, key: str, where: str) -> Any:
@@ -32,6 +35,8 @@ def _num(v: Any, where: str, lo: float | None = None, hi: float | None = None, i
     if isinstance(v, bool) or not ok:
         raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}"
                           f"{' or null' if allow_none else ''}, got {v!r}")
+    if not math.isfinite(v):
+        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ConfigError(f"{where}: {v!r} out of range [{lo}, {hi}]")
     return v

@@ -4,9 +4,10 @@ grid will use, so a bad hyperparameter fails with one error naming the run or at
 from __future__ import annotations
 
 from pipeline.attacks import get_attack
-from pipeline.config import Params
+from pipeline.config import DATASETS, Params
+from pipeline.evalparams import resolve_attack_params
 from pipeline.errors import ConfigError
-from pipeline.runconfig import eval_configs, train_configs
+from pipeline.runconfig import train_configs
 from pipeline.train import get_method, implemented_methods
 
 __all__ = ["check_buildable"]
@@ -22,10 +23,12 @@ def check_buildable(p: Params) -> None:
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"run {tid}: method {cfg.method!r} rejects its parameters "
                               f"{cfg.method_params}: {e}") from None
-    for rid, cfg in eval_configs(p).items():
-        for where, attacks in (("attacks", cfg.attacks), ("table1", (cfg.table1 or {}).get("attacks", {}))):
-            for name, kw in attacks.items():
-                try:
-                    get_attack(name)(**kw)
-                except (ValueError, TypeError) as e:
-                    raise ConfigError(f"{where}.{name} (scale {p.scale}, dataset {cfg.dataset}): {e}") from None
+    for scale, sc in p.scales.items():  # every scale and dataset, not only what this scale's grid uses
+        for ds in DATASETS:
+            for where, overrides in (("attack_overrides", sc.attack_overrides),
+                                     ("table1_attack_overrides", sc.table1_attack_overrides)):
+                for name, kw in resolve_attack_params(p.attacks, overrides, ds).items():
+                    try:
+                        get_attack(name)(**kw)
+                    except (ValueError, TypeError) as e:
+                        raise ConfigError(f"attacks.{name} (dataset {ds}, with scales.{scale}.{where}): {e}") from None

@@ -28,6 +28,13 @@ def test_committed_params_are_valid():
     (lambda r: r.update(scale="huge"), "scale: 'huge' is not defined"),
     (lambda r: r.update(k=0), r"k: 0 out of range"),
     (lambda r: r.update(k="five"), "k: expected an integer"),
+    (lambda r: r.update(memory_cap_gib=float("nan")), "memory_cap_gib: expected a finite number"),
+    (lambda r: r["verify"].update(margin_tol=float("inf")), "verify.margin_tol: expected a finite number"),
+    (lambda r: r.update(figures={"fig9": {}}), "figures: expected a mapping with any of the keys"),
+    (lambda r: r["figures"].update(fig7=["natural-MNIST_Small-eps0.1", "natural-MNIST_Small-eps0.3"]),
+     "figures.fig7.*is a natural run; expected a mixtrain run"),
+    (lambda r: r["scales"]["smoke"]["attack_overrides"].update(pgd={"stepz": 3}),
+     "scales.smoke.attack_overrides.pgd.stepz: not a hyperparameter"),
     (lambda r: r.update(device="tpu"), "device: expected auto, cpu or cuda"),
     (lambda r: r.update(data_root="/nonexistent/data"), "data_root: /nonexistent/data is not a directory"),
     (lambda r: r.update(colour="blue"), r"unknown key\(s\) \['colour'\]"),
@@ -56,6 +63,18 @@ def test_committed_params_are_valid():
 def test_bad_values_name_the_key(mutate, message):
     with pytest.raises(ConfigError, match=message):
         _load(mutate)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["attacks"]["pgd"].update(steps={"mnist": 40, "cifar10": -7}), r"attacks.pgd .*dataset cifar10.*steps"),
+    (lambda r: r["methods"]["madry"].update(step=float("inf")), r"run madry-.*madry step: expected a finite number"),
+    (lambda r: r["methods"]["sinha"].update(gamma=0), r"run sinha-.*sinha gamma"),
+])
+def test_semantic_errors_before_any_job(mutate, message):
+    """Values that are well-formed but that a method or attack rejects fail when the workflow loads the params."""
+    from pipeline.validate import check_buildable
+    with pytest.raises(ConfigError, match=message):
+        check_buildable(_load(mutate))
 
 
 def test_eps_fractions_and_ids():

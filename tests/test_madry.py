@@ -48,7 +48,8 @@ def test_madry_is_reproducible_and_resumable():
 
 
 @pytest.mark.parametrize("params,msg", [({**PARAMS, "steps": 0}, "steps"), ({**PARAMS, "step": -1}, "step"),
-                                        ({**PARAMS, "random_start": "yes"}, "random_start")])
+                                        ({**PARAMS, "random_start": "yes"}, "random_start"),
+                                        ({**PARAMS, "step": float("inf")}, "step")])
 def test_madry_rejects_bad_params(params, msg):
     with pytest.raises(ValueError, match=msg):
         get_method("madry")(params, "mnist", 0)

@@ -52,7 +52,9 @@ def test_sinha_step_trains_on_perturbed_inputs():
 
 
 @pytest.mark.parametrize("params,msg", [({"gamma": 0, "steps": 3}, "gamma"), ({"gamma": 1.0, "steps": -1}, "steps"),
-                                        ({"gamma": "a", "steps": 3}, "gamma")])
+                                        ({"gamma": "a", "steps": 3}, "gamma"),
+                                        ({"gamma": float("inf"), "steps": 3}, "gamma"),
+                                        ({"gamma": float("nan"), "steps": 3}, "gamma")])
 def test_sinha_rejects_bad_params(params, msg):
     with pytest.raises(ValueError, match=msg):
         get_method("sinha")(params, "mnist", 0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.bounds import HYBRID_RELUS, bound_margins, get_domain, verified_loss
-from pipeline.train.registry import Method, register_method
+from pipeline.train.registry import Method, number_param, register_method
 from pipeline.train.wong import uncertified_fraction
 from pipeline.utils.precision import autocast
 
@@ -62,8 +62,9 @@ class DiffAI(Method):
         if name not in ROBUST_LOSSES:
             raise ValueError(f"diffai robust_loss: expected one of {sorted(ROBUST_LOSSES)}, got {name!r}")
         self.robust_loss = ROBUST_LOSSES[name]
-        self.weights = (float(params.get("natural_weight", 1.0)), float(params.get("robust_weight", 1.0)))
-        if min(self.weights) < 0 or sum(self.weights) <= 0:
+        self.weights = (number_param(params, "diffai", "natural_weight", default=1.0),
+                        number_param(params, "diffai", "robust_weight", default=1.0))
+        if sum(self.weights) <= 0:
             raise ValueError(f"diffai natural_weight/robust_weight: must be >= 0, not both 0, got {self.weights}")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:

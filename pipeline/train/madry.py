@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks import pgd_perturb
-from pipeline.train.registry import Method, register_method
+from pipeline.train.registry import Method, bool_param, int_param, number_param, register_method
 from pipeline.utils.precision import autocast, mixed_forward
 
 __all__ = ["Madry"]
@@ -27,14 +27,9 @@ __all__ = ["Madry"]
 class Madry(Method):
     def __init__(self, params, dataset, seed):
         super().__init__(params, dataset, seed)
-        steps, step = params.get("steps"), params.get("step")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"madry steps: expected an integer >= 1, got {steps!r}")
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
-            raise ValueError(f"madry step: expected a positive number (pixel space), got {step!r}")
-        if not isinstance(params.get("random_start"), bool):
-            raise ValueError(f"madry random_start: expected true/false, got {params.get('random_start')!r}")
-        self.steps, self.step, self.random_start = steps, float(step), params["random_start"]
+        self.steps = int_param(params, "madry", "steps", 1)
+        self.step = number_param(params, "madry", "step", positive=True)  # pixel space
+        self.random_start = bool_param(params, "madry", "random_start")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
         with mixed_forward(model, x.device, self.mixed_precision):  # float32 logits, bfloat16 inside the model

@@ -5,12 +5,14 @@ A method turns a batch into a loss; the :mod:`~pipeline.train.trainer` owns ever
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["Method", "METHODS", "register_method", "get_method", "implemented_methods"]
+__all__ = ["Method", "METHODS", "register_method", "get_method", "implemented_methods", "int_param", "number_param",
+           "bool_param"]
 
 M = TypeVar("M", bound="Method")
 
@@ -51,6 +53,32 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def int_param(params: dict[str, Any], method: str, name: str, minimum: int) -> int:
+    """``params[name]`` as an integer ``>= minimum``; ``ValueError`` naming the method, key and value otherwise."""
+    v = params.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{method} {name}: expected an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def number_param(params: dict[str, Any], method: str, name: str, minimum: float = 0.0, positive: bool = False,
+                 default: float | None = None) -> float:
+    """``params[name]`` as a finite number ``>= minimum`` (``> minimum`` if ``positive``); NaN and ±inf rejected."""
+    v = params.get(name, default)
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < minimum \
+        or (positive and v <= minimum)
+    if bad:
+        raise ValueError(f"{method} {name}: expected a finite number {'>' if positive else '>='} {minimum}, got {v!r}")
+    return float(v)
+
+
+def bool_param(params: dict[str, Any], method: str, name: str) -> bool:
+    v = params.get(name)
+    if not isinstance(v, bool):
+        raise ValueError(f"{method} {name}: expected true/false, got {v!r}")
+    return v
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -8,8 +8,9 @@ training. ``pipeline.config.EPS_FREE_METHODS`` lists it for that reason.
 
 Inner maximisation, as in the authors' released code (``wrm`` in their ``attacks_tf.py``): the objective is scaled
 as ``(1 / 2γ) ℓ(z) - ½‖z - x‖₂²``, the first step is ``z₀ = x + ∇_x (1/2γ) ℓ(x)``, then ``steps`` gradient-ascent
-steps with step size ``1 / sqrt(t + 2)``.  Labels are the true labels.  ``z`` is not clipped to [0, 1], as in the
-reference code (the penalty keeps it close).
+steps with step size ``1 / sqrt(t + 2)``.  Labels are the true labels, one-hot: the reference script trains on
+labels smoothed by 0.1 (``clip(0.1/9, 0.9)``), which we do not (every method here trains on the same hard labels).
+``z`` is not clipped to [0, 1], as in the reference code (the penalty keeps it close).
 
 Defaults (params.yaml ``methods.sinha``): ``gamma = 0.385`` (the released MNIST setting, their ``eps = 1.3 = 0.5/γ``),
 ``steps = 15``.  Deviation, stated: Sinha et al. use ELU activations for their smoothness argument; here every method
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.train.registry import Method, register_method
+from pipeline.train.registry import Method, int_param, number_param, register_method
 from pipeline.utils.precision import autocast
 
 __all__ = ["Sinha", "wrm_perturb"]
@@ -64,12 +65,8 @@ class Sinha(Method):
 
     def __init__(self, params, dataset, seed):
         super().__init__(params, dataset, seed)
-        gamma, steps = params.get("gamma"), params.get("steps")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma <= 0:
-            raise ValueError(f"sinha gamma: expected a positive number, got {gamma!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"sinha steps: expected an integer >= 0, got {steps!r}")
-        self.gamma, self.steps = float(gamma), steps
+        self.gamma = number_param(params, "sinha", "gamma", positive=True)
+        self.steps = int_param(params, "sinha", "steps", 0)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
         z = wrm_perturb(model, x, y, self.gamma, self.steps, self.mixed_precision)
