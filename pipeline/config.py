@@ -55,6 +55,7 @@ class ScaleConfig:
     figure_images: int | None  # Fig. 4's population of training images and Fig. 5's test images (null = all)
     attack_overrides: dict  # attack -> {hyperparameter: value} replacing params.yaml `attacks` at this scale (ERA)
     table1_attack_overrides: dict  # the same for Table I's equal-budget comparison
+    table1_max_runs: int | None  # Table I: at most this many runs per attack (null = until the budget is spent)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_limit", "test_images", "test_images_large", "lr_decay_every"):

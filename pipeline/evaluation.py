@@ -60,15 +60,16 @@ def run_attacks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 
 
 def equal_budget(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: dict[str, Attack],
-                 budget_passes: int | None, seed: int, reference: str = "interval") -> dict[str, dict[str, Any]]:
+                 budget_passes: int | None, seed: int, reference: str = "interval",
+                 max_runs: int | None = None) -> dict[str, dict[str, Any]]:
     """Table I: each attack gets the same budget of forward+backward passes over the batch ``x``.
 
     ``budget_passes=None`` takes the ``reference`` attack's own measured cost as the budget (the reference runs once).
     Every other attack runs again and again from fresh random starts on the samples it has not broken yet, while the
-    next run (estimated by the cost of the previous one) still fits the budget.  Every attack runs at least once; if
-    that one run alone costs more than a fixed budget, its entry says ``over_budget`` (Table I shows it).  Success
-    rate is over the samples the model classifies correctly; ``passes`` and wall ``seconds`` are what each attack
-    spent.
+    next run (estimated by the cost of the previous one) still fits the budget, or until ``max_runs`` runs are done
+    (``run_cap_reached``: the budget was not spent).  Every attack runs at least once; if that one run alone costs
+    more than a fixed budget, its entry says ``over_budget``.  Table I shows both flags.  Success rate is over the
+    samples the model classifies correctly; ``passes`` and wall ``seconds`` are what each attack spent.
     """
     with torch.no_grad():
         correct = (model(x).argmax(1) == y)
@@ -79,10 +80,13 @@ def equal_budget(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     for i, name in enumerate(order):
         gen = torch.Generator().manual_seed(seed + 7000 + i)
         broken = ~correct
-        spent, seconds, runs, last = 0.0, 0.0, 0, 0.0
+        spent, seconds, runs, last, capped = 0.0, 0.0, 0, 0.0, False
         while (budget is None and runs == 0) or (budget is not None and (runs == 0 or spent + last <= budget)):
             todo = (~broken).nonzero().flatten()
             if not todo.numel():
+                break
+            if max_runs is not None and runs >= max_runs:
+                capped = True
                 break
             res = attacks[name](model, x[todo], y[todo], eps, generator=gen)
             last = res.passes * todo.numel() / len(x)  # in passes over the whole batch
@@ -95,7 +99,8 @@ def equal_budget(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         succ = int((broken & correct).sum())
         out[name] = {"success": succ, "attacked": n_correct, "rate": succ / max(1, n_correct),
                      "passes": round(spent), "seconds": seconds, "runs": runs,
-                     "over_budget": budget is not None and spent > budget}  # one run alone cost more than the budget
+                     "over_budget": budget is not None and spent > budget,  # one run alone cost more than the budget
+                     "run_cap_reached": capped}  # stopped by max_runs before the budget was spent
     return {"budget_passes": budget, "attacks": out}
 
 

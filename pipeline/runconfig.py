@@ -130,8 +130,8 @@ def eval_configs(p: Params) -> dict[str, EvalConfig]:
         vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
         attacks=resolve_attack_params(p.attacks, s.attack_overrides, run.dataset), attack_seed=p.attacks.seed,
         attack_chunk=p.attacks.chunk,
-        table1={**asdict(p.table1), "attacks": resolve_attack_params(p.attacks, s.table1_attack_overrides,
-                                                                     run.dataset)}
+        table1={**asdict(p.table1), "max_runs": s.table1_max_runs,
+                "attacks": resolve_attack_params(p.attacks, s.table1_attack_overrides, run.dataset)}
         if rid in p.tables.get("table1", []) else None,
         checkpoint=run.checkpoint, data_root=str(p.data_root),
         device=p.device, threads=p.threads, mixed_precision=p.mixed_precision) for rid, run in p.runs.items()}

@@ -113,13 +113,16 @@ def test_equal_budget_gives_every_attack_the_interval_attacks_cost():
     x, y = test.float_images(slice(0, 8)), test.y[:8]
     cheap = {**ATTACKS, "interval": {**ATTACKS["interval"], "iterations": 1, "max_delta_tries": 2}}
     attacks = {name: get_attack(name)(**kw) for name, kw in cheap.items()}
-    t1 = equal_budget(model, x, y, 0.1, attacks, None, seed=0)
+    t1 = equal_budget(model, x, y, 0.1, attacks, None, seed=0, max_runs=20)  # the cap keeps the test fast
     budget = t1["budget_passes"]
     assert budget == t1["attacks"]["interval"]["passes"] > 0
     for name in ("pgd", "cw"):
         a = t1["attacks"][name]
         assert a["passes"] <= budget and a["runs"] >= 1 and 0 <= a["rate"] <= 1
         assert a["attacked"] == t1["attacks"]["interval"]["attacked"]
+    for name in ("pgd", "cw"):
+        a = t1["attacks"][name]
+        assert a["runs"] <= 20 and (not a["run_cap_reached"] or (a["runs"] == 20 and a["rate"] < 1))
     fixed = equal_budget(model, x, y, 0.1, attacks, 100, seed=0)
     assert fixed["budget_passes"] == 100 and all(a["passes"] <= 100 or a["runs"] == 1
                                                   for a in fixed["attacks"].values())

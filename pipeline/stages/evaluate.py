@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.table1 is not None:
         n1 = cfg.table1["images"] or len(x)
         table1 = equal_budget(model, x[:n1], y[:n1], cfg.eps, table1_attacks, cfg.table1["budget_passes"],
-                              cfg.attack_seed)
+                              cfg.attack_seed, max_runs=cfg.table1.get("max_runs"))
     metrics = {
         "run_id": cfg.run_id, "train_id": cfg.train_id, "scale": cfg.scale, "method": cfg.method,
         "model": cfg.model, "dataset": cfg.dataset, "eps": cfg.eps, "eps_text": cfg.eps_text,

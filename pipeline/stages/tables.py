@@ -68,7 +68,8 @@ def _t1(m: dict, attack: str) -> str:
     if not a:
         return NO_ATTACK
     lo, hi = wilson_interval(a["success"], a["attacked"]) if a["attacked"] else (0.0, 1.0)
-    over = " (one run exceeds the budget)" if a.get("over_budget") else ""
+    over = (" (one run exceeds the budget)" if a.get("over_budget") else
+            " (restart cap reached: budget not spent)" if a.get("run_cap_reached") else "")
     return (f"{100 * a['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] of {a['attacked']} · {a['passes']} passes{over} · "
             f"{a['seconds']:.1f} s")
 
