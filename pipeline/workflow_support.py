@@ -45,6 +45,7 @@ def tables_config(p: Params, implemented: list[str]) -> dict:
     """Everything the tables stage needs besides the metrics files."""
     return {"scale": p.scale, "tables": p.tables, "implemented_methods": sorted(implemented),
             "time_budget_s": p.scale_config.time_budget_s, "memory_cap_gib": p.memory_cap_gib,
+            "figures": p.figures.names(),
             "runs": {rid: {"method": r.method, "model": r.model, "eps": r.eps, "eps_text": r.eps_text,
                            "dataset": MODEL_DATASETS[r.model], "overrides": r.overrides}
                      for rid, r in p.runs.items()}}

@@ -58,7 +58,7 @@ def test_cluster_params_errors_name_the_key(mutate, message, tmp_path):
 def test_cluster_params_reach_the_rules(tmp_path):
     raw = {**copy.deepcopy(RAW), "data_root": str(tmp_path)}
     p = params_from_dict(raw, ROOT)
-    assert set(p.cluster.rules) == {"prepare", "train", "evaluate", "tables"}
+    assert set(p.cluster.rules) == {"prepare", "train", "evaluate", "figure", "tables"}
     assert p.cluster.gpu_gres == RAW["cluster"]["gpu_gres"]
     assert p.cluster.rules["train"].mem_mb == RAW["cluster"]["train"]["mem_mb"]
     with pytest.raises(ConfigError, match=r"params.cluster: missing"):

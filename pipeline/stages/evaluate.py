@@ -22,6 +22,7 @@ from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_in
 from pipeline.attacks import get_attack
 from pipeline.evaluation import equal_budget, evaluate_model, summarize
 from pipeline.models import load_external, load_model
+from pipeline.utils.provenance import record_code_version
 from pipeline.utils import atomic_write_json, provenance, resolve_device, sha256_file
 
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-json", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    record_code_version()
     cfg = EvalConfig.from_json(args.config.read_text())
     train_info = json.loads(args.train_json.read_text()) if args.train_json else {}
     if train_info.get("status") == "out_of_memory":
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_id": cfg.run_id, "train_id": cfg.train_id, "scale": cfg.scale, "method": cfg.method,
         "model": cfg.model, "dataset": cfg.dataset, "eps": cfg.eps, "eps_text": cfg.eps_text,
         **summarize(samples), "vra_domains": cfg.vra_domains, "verify": cfg.verify, "attacks": cfg.attacks,
-        **({"table1": table1} if table1 is not None else {}),
+        **({"table1": {**table1, "settings": cfg.table1}} if table1 is not None else {}),
         "train": {k: train_info.get(k) for k in ("batch_time_s", "train_time_s", "peak_mem_mb", "peak_mem_kind",
                                                  "steps", "train_images", "history", "status",
                                                  "memory_cap_gib")} if train_info else None,

@@ -172,6 +172,19 @@ def _short(commit: str) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+FIGURE_TITLES = {"fig2": "Fig. 2: losses found by PGD, CW and the interval attack from random starts",
+                 "fig4": "Fig. 4: verified robust loss, all training images vs a random k-sample",
+                 "fig5": "Fig. 5: ERA(PGD) and VRA against ε",
+                 "fig7": "Fig. 7: ACC, ERA(PGD) and VRA against a fixed α (CIFAR_Small)"}
+
+
+def figures_section(figures: list[str]) -> str:
+    """Markdown links to the drawn figures (their data: the JSON beside each PNG)."""
+    if not figures:
+        return "No figure is configured for this grid (params.yaml `figures`).\n"
+    return "".join(f"- {FIGURE_TITLES[f]}: ![{f}]({f}.png) (data: [{f}.json]({f}.json))\n" for f in figures)
+
+
 def summary(metrics: dict[str, dict]) -> dict[str, Any]:
     keys = ("acc", "vra", "era_pgd", "era_cw", "era_interval")
     out = {}
@@ -201,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         text = render(name, cfg["tables"].get(name, []), cfg, metrics)
         atomic_write_text(args.out / "tables" / f"{name}.md", text)
         parts.append(text)
-    atomic_write_text(args.out / "tables.md", f"# Results tables (scale `{cfg['scale']}`)\n\n" + "\n".join(parts))
+    figs = figures_section(cfg.get("figures", []))
+    atomic_write_text(args.out / "figures" / "index.md", f"# Figures (scale `{cfg['scale']}`)\n\n" + figs)
+    atomic_write_text(args.out / "tables.md", f"# Results tables (scale `{cfg['scale']}`)\n\n" + "\n".join(parts)
+                      + "\n## Figures\n\n" + figs.replace("](", "](figures/"))
     atomic_write_json(args.out / "metrics.json", summary(metrics))
     print(f"tables written to {args.out} ({len(metrics)} runs with metrics)", file=sys.stderr)
     return 0

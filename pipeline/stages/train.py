@@ -23,6 +23,7 @@ import torch
 from pipeline.runconfig import TrainConfig
 from pipeline.train import train
 from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, resolve_device, sha256_file
+from pipeline.utils.provenance import record_code_version
 from pipeline.utils.memcap import OOM_EXIT, cap_cuda_memory, die_with_parent, run_capped
 
 
@@ -37,6 +38,7 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 def worker(cfg: TrainConfig, out: Path) -> int:
     die_with_parent()
+    record_code_version()
     device = resolve_device(cfg.device)
     cap_cuda_memory(device, _cap_bytes(cfg))
     try:

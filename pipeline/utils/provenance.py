@@ -1,6 +1,7 @@
 """Provenance recorded in every metrics file, and device selection."""
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -8,15 +9,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["provenance", "resolve_device", "git_commit"]
+__all__ = ["provenance", "resolve_device", "git_commit", "record_code_version"]
 
 
 #: what decides results: a difference here from ``HEAD`` marks the commit ``-dirty`` (generated reports do not)
 SOURCE_PATHS = ("pipeline", "workflow", "params.yaml", "requirements.txt", "dvc.yaml")
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(root: Path | str = ".") -> str:
-    """``HEAD`` commit, suffixed ``-dirty`` when tracked code or parameters differ from it; ``unknown`` outside git."""
+    """``HEAD`` commit, suffixed ``-dirty`` when tracked code or parameters differ from it; ``unknown`` outside git.
+
+    Read once per process and cached: stages call it when they start (:func:`record_code_version`), so an hours-long
+    training records the code it ran, not whatever was checked out when it finished."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -25,6 +30,11 @@ def git_commit(root: Path | str = ".") -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def record_code_version() -> str:
+    """Fix this process's provenance commit now (call at stage start); later :func:`provenance` calls reuse it."""
+    return git_commit(Path(__file__).resolve().parents[2])
 
 
 def resolve_device(requested: str) -> torch.device:
