@@ -8,6 +8,7 @@ soundness bug); hence VRA <= every ERA <= ACC, which is asserted on the totals t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,10 +96,10 @@ def equal_budget(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
             if budget is None or not getattr(attacks[name], "random_start", True):
                 break  # the reference runs once; a deterministic attack would only repeat itself
         if budget is None:
-            budget = max(1, round(spent))
+            budget = max(1, math.ceil(spent))  # the reference's own cost: never "over" its own budget
         succ = int((broken & correct).sum())
         out[name] = {"success": succ, "attacked": n_correct, "rate": succ / max(1, n_correct),
-                     "passes": round(spent), "seconds": seconds, "runs": runs,
+                     "passes": math.ceil(spent), "seconds": seconds, "runs": runs,
                      "over_budget": budget is not None and spent > budget,  # one run alone cost more than the budget
                      "run_cap_reached": capped}  # stopped by max_runs before the budget was spent
     return {"budget_passes": budget, "attacks": out}

@@ -115,7 +115,7 @@ def test_equal_budget_gives_every_attack_the_interval_attacks_cost():
     attacks = {name: get_attack(name)(**kw) for name, kw in cheap.items()}
     t1 = equal_budget(model, x, y, 0.1, attacks, None, seed=0, max_runs=20)  # the cap keeps the test fast
     budget = t1["budget_passes"]
-    assert budget == t1["attacks"]["interval"]["passes"] > 0
+    assert budget == t1["attacks"]["interval"]["passes"] > 0 and not t1["attacks"]["interval"]["over_budget"]
     for name in ("pgd", "cw"):
         a = t1["attacks"][name]
         assert a["passes"] <= budget and a["runs"] >= 1 and 0 <= a["rate"] <= 1
