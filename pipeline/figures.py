@@ -50,9 +50,10 @@ def per_sample_verified_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.T
 
 
 def fig4_data(losses: torch.Tensor, k: int, generator: torch.Generator) -> dict[str, Any]:
-    """Population losses, a uniformly drawn k-sample (k capped at the population), and the two-sample KS test."""
+    """Population losses, a uniformly drawn k-sample, and the two-sample KS test.  ``k`` is capped at half the
+    population (a sample as large as the population would compare it with itself)."""
     n = len(losses)
-    k_used = min(k, n)
+    k_used = max(1, min(k, n // 2))
     pick = torch.randperm(n, generator=generator)[:k_used]
     full, sample = losses.tolist(), losses[pick].tolist()
     ks = stats.ks_2samp(full, sample)
@@ -105,6 +106,7 @@ def plot_fig5(panels: dict[str, dict[str, Any]], path) -> None:
         ax.plot(d["eps"], [100 * v for v in d["era_pgd"]], marker="o", label="ERA (PGD)")
         ax.plot(d["eps"], [100 * v for v in d["vra"]], marker="s", label="VRA")
         ax.set_xlabel("ε (pixel space)")
+        ax.set_ylim(-2, 102)
         ax.set_ylabel(f"% of {d['n']} test images")
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=8)

@@ -17,7 +17,7 @@ def test_fig4_sample_tracks_population_and_caps_k(tmp_path):
     assert len(set(d["sample"])) == 1000  # without replacement
     assert d["ks_pvalue"] > 0.001 and abs(d["mean_full"] - d["mean_sample"]) < 0.2
     small = fig4_data(losses[:10], 1000, g)
-    assert small["k_used"] == 10
+    assert small["k_used"] == 5  # capped at half the population
     plot_fig4(d, "test", tmp_path / "fig4.png")
     assert (tmp_path / "fig4.png").read_bytes()[:8] == PNG
     assert not list(tmp_path.glob(".*tmp"))
