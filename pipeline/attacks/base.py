@@ -39,6 +39,8 @@ from typing import Callable, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from pipeline.utils.registry import Registry
+
 from pipeline.utils.precision import full_precision, mixed_forward
 
 __all__ = ["AttackResult", "CostMeter", "Attack", "ATTACKS", "register_attack", "get_attack", "project", "recheck",
@@ -199,22 +201,14 @@ def _sync(device: torch.device) -> None:
 A = TypeVar("A", bound=Attack)
 
 #: attack name (as params.yaml uses it) -> class
-ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry = Registry("attack")
 
 
 def register_attack(name: str) -> Callable[[type[A]], type[A]]:
     """Class decorator: make an attack available as ``get_attack(name)``."""
-    def deco(cls: type[A]) -> type[A]:
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} registered twice")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-    return deco
+    return ATTACKS.register(name)
 
 
 def get_attack(name: str) -> type[Attack]:
     """The attack class registered as ``name`` (``ValueError`` naming the value and the known names otherwise)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
-    return ATTACKS[name]
+    return ATTACKS.get(name)

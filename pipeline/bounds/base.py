@@ -19,6 +19,8 @@ from typing import Callable, TypeVar
 import torch
 import torch.nn.functional as F
 
+from pipeline.utils.registry import Registry
+
 __all__ = ["Domain", "RowDomain", "DOMAINS", "register_domain", "get_domain", "map_linear", "map_conv"]
 
 D = TypeVar("D", bound="Domain")
@@ -136,22 +138,14 @@ class RowDomain(Domain):
         return self.with_parts((flat(lc), _opt(flat, la), flat(uc), _opt(flat, ua)), lambda s: s.flatten())
 
 
-DOMAINS: dict[str, type[Domain]] = {}
+DOMAINS: Registry = Registry("bound domain")  # name (as params.yaml uses it) -> domain class
 
 
 def register_domain(name: str) -> Callable[[type[D]], type[D]]:
     """Class decorator: make a domain available by the name used in params.yaml."""
-    def deco(cls: type[D]) -> type[D]:
-        if name in DOMAINS:
-            raise ValueError(f"bound domain {name!r} registered twice")
-        DOMAINS[name] = cls
-        cls.name = name
-        return cls
-    return deco
+    return DOMAINS.register(name)
 
 
 def get_domain(name: str) -> type[Domain]:
     """The domain class registered as ``name`` (``ValueError`` naming the known ones otherwise)."""
-    if name not in DOMAINS:
-        raise ValueError(f"unknown bound domain {name!r}; expected one of {sorted(DOMAINS)}")
-    return DOMAINS[name]
+    return DOMAINS.get(name)

@@ -11,6 +11,8 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from pipeline.utils.registry import Registry
+
 __all__ = ["Method", "METHODS", "register_method", "get_method", "implemented_methods", "int_param", "number_param",
            "bool_param"]
 
@@ -81,23 +83,17 @@ def bool_param(params: dict[str, Any], method: str, name: str) -> bool:
     return v
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry = Registry("training method")  # name (as params.yaml uses it) -> method class
 
 
 def register_method(name: str) -> Callable[[type[M]], type[M]]:
-    def deco(cls: type[M]) -> type[M]:
-        if name in METHODS:
-            raise ValueError(f"training method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return deco
+    """Class decorator: make a training method available as ``get_method(name)``."""
+    return METHODS.register(name)
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"training method {name!r} is not implemented; implemented: {sorted(METHODS)}")
-    return METHODS[name]
+    """The method class registered as ``name`` (``ValueError`` naming the value and the known names otherwise)."""
+    return METHODS.get(name)
 
 
 def implemented_methods() -> list[str]:
