@@ -74,7 +74,11 @@ def _node_state() -> str:
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A running one-node SLURM cluster: the one already up, or one .ci/slurm-up.sh starts."""
+    """A running one-node SLURM cluster: the one already up, or one .ci/slurm-up.sh starts.
+
+    Skipped (with the reason printed) only where a cluster cannot exist: not root, or Debian's packages cannot be
+    installed. CI runs as root and starts SLURM in .ci/run, so there the test always runs; any other failure of
+    slurm-up.sh fails the test."""
     if _node_state() in ("idle", "mixed", "allocated"):
         return
     if os.geteuid() != 0:

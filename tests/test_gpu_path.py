@@ -15,7 +15,7 @@ import yaml
 
 import pipeline.attacks.base as attack_base
 import pipeline.train.mixtrain as mixtrain_mod
-from conftest import DATA_ROOT, needs_data
+from conftest import DATA_ROOT, needs_cifar, needs_data
 from pipeline.attacks import PGD, get_attack
 from pipeline.config import params_from_dict
 from pipeline.data.datasets import Split
@@ -331,11 +331,9 @@ def _train_cfg(**kw):
     return TrainConfig(**base)
 
 
-@needs_data
+@needs_cifar
 def test_trainer_prefetch_gives_the_synchronous_model_and_mixed_precision_trains(tmp_path):
     from pipeline.train import train
-    if not (DATA_ROOT / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"CIFAR-10 not found under {DATA_ROOT}")
     quiet = lambda *_: None  # noqa: E731
     sync = train(_train_cfg(), tmp_path / "a", log=quiet)
     ahead = train(_train_cfg(prefetch_batches=2), tmp_path / "b", log=quiet)
