@@ -16,12 +16,16 @@ from pipeline.bounds.hybrid_zonotope import (HYBRID_RELUS, HybridZonotopeDeepZ, 
                                              HybridZonotopeHSwitch, relax_hsmooth, relax_hswitch)
 from pipeline.bounds.projection import ProjectionDomain, WongDualDomain, cauchy_rows, median_l1, wong_domain
 from pipeline.bounds.relu import Relaxation, relax_adaptive, relax_concretize, relax_parallel
-from pipeline.bounds.verify import VerifyResult, bound_margins, input_box, margin_spec, verified_loss, verify
+from pipeline.bounds.verify import (VerifyResult, bound_margins, input_box, margin_lower_bounds, margin_spec,
+                                   verified_loss, verify)
+from pipeline.bounds.rounding import (gamma, margin_rounding_bound, margin_rounding_bounds, rounding_bound,
+                                      rounding_bounds, unit_roundoff)
 
 __all__ = ["DOMAINS", "Domain", "RowDomain", "get_domain", "register_domain", "ChannelAffine", "Conv", "Flatten",
            "Linear", "ReLU", "Residual", "fold_spec", "propagate", "to_ops", "IntervalDomain", "SymbolicLinearDomain",
            "SymbolicIntervalDomain", "BackwardDomain", "BackwardCrownDomain", "BackwardIBPDomain", "Relaxation", "relax_adaptive",
-           "relax_concretize", "relax_parallel", "VerifyResult", "bound_margins", "input_box", "margin_spec",
+           "relax_concretize", "relax_parallel", "VerifyResult", "bound_margins", "margin_lower_bounds", "input_box", "margin_spec",
            "verified_loss", "verify", "HYBRID_RELUS", "HybridZonotopeDomain", "HybridZonotopeHSwitch",
            "HybridZonotopeDeepZ", "relax_hsmooth", "relax_hswitch", "ProjectionDomain", "WongDualDomain",
-           "cauchy_rows", "median_l1", "wong_domain"]
+           "cauchy_rows", "median_l1", "wong_domain", "gamma", "margin_rounding_bound", "margin_rounding_bounds",
+           "rounding_bound", "rounding_bounds", "unit_roundoff"]

@@ -155,12 +155,14 @@ class BackwardDomain(Domain):
             return [a, a], 0.0
         return self._child(self.node.shape, back, self.box.add(other.box), parents=(self.node, other.node))
 
-    def _backward_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _backward_bounds(self, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, n = self.centre.shape[0], math.prod(self.node.shape)
         eye = torch.eye(n, dtype=self.centre.dtype, device=self.centre.device)
-        a = torch.cat([eye, -eye]).expand(b, 2 * n, n).reshape(b, 2 * n, *self.node.shape)
+        rows = torch.cat([eye, -eye]) if upper else eye
+        a = rows.expand(b, len(rows), n).reshape(b, len(rows), *self.node.shape)
         res = lower_bound(self.node, a, self.centre, self.radius)
-        return res[:, :n].view(b, *self.node.shape), -res[:, n:].view(b, *self.node.shape)
+        lb = res[:, :n].view(b, *self.node.shape)
+        return lb, (-res[:, n:].view(b, *self.node.shape) if upper else None)
 
     def relu(self) -> "BackwardDomain":
         box = self.box
@@ -183,6 +185,13 @@ class BackwardDomain(Domain):
             return clo, chi
         lb, ub = self._backward_bounds()
         return torch.maximum(lb, clo), torch.minimum(ub, chi)
+
+    def concretize_lower(self) -> torch.Tensor:
+        """The lower bound alone: half the backward rows of :meth:`concretize`."""
+        clo = self.box.concretize_lower()
+        if not self.node.nonlinear:
+            return clo
+        return torch.maximum(self._backward_bounds(upper=False)[0], clo)
 
 
 def _shape(box: RowDomain) -> tuple[int, ...]:

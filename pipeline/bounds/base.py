@@ -19,6 +19,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.nn.functional as F
 
+from pipeline.bounds.patches import PatchCoef, conv_rows, flatten_rows, linear_rows
 from pipeline.utils.registry import Registry
 
 __all__ = ["Domain", "RowDomain", "DOMAINS", "register_domain", "get_domain", "map_linear", "map_conv"]
@@ -57,9 +58,17 @@ class Domain(ABC):
     def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sound elementwise ``(lb, ub)`` of the current layer, each ``[B, *shape]``."""
 
+    def concretize_lower(self) -> torch.Tensor:
+        """The ``lb`` of :meth:`concretize` alone (domains override it where the upper bound costs extra work)."""
+        return self.concretize()[0]
+
 
 def map_linear(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``rows`` ``[B, R, in]`` through ``weight`` ``[out, in]`` or ``[B, out, in]`` (no bias) -> ``[B, R, out]``."""
+    """``rows`` ``[B, R, in]`` through ``weight`` ``[out, in]`` or ``[B, out, in]`` (no bias) -> ``[B, R, out]``.
+
+    Window-form rows (:class:`~pipeline.bounds.patches.PatchCoef`) come out dense."""
+    if isinstance(rows, PatchCoef):
+        return linear_rows(rows, weight)
     if weight.dim() == 2:
         return rows @ weight.t()
     return torch.einsum("bri,boi->bro", rows, weight)
@@ -67,7 +76,10 @@ def map_linear(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def map_conv(rows: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
              padding: tuple[int, int]) -> torch.Tensor:
-    """``rows`` ``[B, R, C, H, W]`` through a bias-free convolution -> ``[B, R, C', H', W']``."""
+    """``rows`` ``[B, R, C, H, W]`` through a bias-free convolution -> ``[B, R, C', H', W']`` (window-form rows stay
+    in window form while it is the smaller)."""
+    if isinstance(rows, PatchCoef):
+        return conv_rows(rows, weight, stride, padding)
     b, r = rows.shape[:2]
     out = F.conv2d(rows.reshape(b * r, *rows.shape[2:]), weight, None, stride, padding)
     return out.view(b, r, *out.shape[1:])
@@ -130,12 +142,11 @@ class RowDomain(Domain):
     def flatten(self: D) -> D:
         lc, la, uc, ua = self.parts()
 
-        def flat(t: torch.Tensor) -> torch.Tensor:
-            return t.flatten(2)
         if lc is uc and la is ua:
-            c, a = flat(lc), _opt(flat, la)
+            c, a = flatten_rows(lc), _opt(flatten_rows, la)
             return self.with_parts((c, a, c, a), lambda s: s.flatten())
-        return self.with_parts((flat(lc), _opt(flat, la), flat(uc), _opt(flat, ua)), lambda s: s.flatten())
+        return self.with_parts((flatten_rows(lc), _opt(flatten_rows, la), flatten_rows(uc), _opt(flatten_rows, ua)),
+                               lambda s: s.flatten())
 
 
 DOMAINS: Registry = Registry("bound domain")  # name (as params.yaml uses it) -> domain class

@@ -183,6 +183,9 @@ class WongDualDomain(BackwardDomain):
     def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._backward_bounds()
 
+    def concretize_lower(self) -> torch.Tensor:
+        return self._backward_bounds(upper=False)[0]
+
 
 def wong_domain(projections: int | None = None,
                 generator: torch.Generator | None = None) -> type[WongDualDomain]:

@@ -24,9 +24,10 @@ import torch
 
 from pipeline.bounds.base import Domain, Parts, RowDomain, register_domain
 from pipeline.bounds.interval import IntervalDomain
+from pipeline.bounds.patches import PatchCoef, scale_rows, spread
 from pipeline.bounds.relu import RelaxFn, relax_parallel
 
-__all__ = ["SymbolicLinearDomain", "input_parts", "concretize_eq"]
+__all__ = ["SymbolicLinearDomain", "input_parts", "input_rows", "concretize_eq"]
 
 
 def input_parts(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,10 +37,18 @@ def input_parts(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch
     return c.view(b, 1, *shape), torch.diag_embed(r).view(b, c.shape[1], *shape)
 
 
-def concretize_eq(const: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def input_rows(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | PatchCoef]:
+    """Like :func:`input_parts`, with the coefficients of an image input (``[B, C, H, W]``) in window form
+    (:mod:`pipeline.bounds.patches`: same equations, a fraction of the work through convolutions)."""
+    if lo.dim() != 4:
+        return input_parts(lo, hi)
+    return ((lo + hi) / 2)[:, None], PatchCoef.from_radius((hi - lo) / 2)
+
+
+def concretize_eq(const: torch.Tensor, coef) -> tuple[torch.Tensor, torch.Tensor]:
     """Range of an equation over ``t`` in ``[-1, 1]^d``: ``(e_0 - sum|e_i|, e_0 + sum|e_i|)``, each ``[B, *shape]``."""
-    spread = coef.abs().sum(1)
-    return const[:, 0] - spread, const[:, 0] + spread
+    s = spread(coef)
+    return const[:, 0] - s, const[:, 0] + s
 
 
 def _exact_where(slope: torch.Tensor, bias: torch.Tensor, dead: torch.Tensor,
@@ -60,7 +69,7 @@ class SymbolicLinearDomain(RowDomain):
 
     @classmethod
     def from_box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "SymbolicLinearDomain":
-        c, a = input_parts(lo, hi)
+        c, a = input_rows(lo, hi)
         return cls((c, a, c, a), IntervalDomain(lo, hi))
 
     def parts(self) -> Parts:
@@ -82,8 +91,8 @@ class SymbolicLinearDomain(RowDomain):
         dead, active = pre_hi <= 0, pre_lo >= 0
         ls, lb = _exact_where(lo_line.lower_slope, lo_line.lower_bias, dead, active)
         us, ub = _exact_where(up_line.upper_slope, up_line.upper_bias, dead, active)
-        ls, lb, us, ub = ls[:, None], lb[:, None], us[:, None], ub[:, None]
-        parts = (self.lc * ls + lb, self.la * ls, self.uc * us + ub, self.ua * us)
+        parts = (self.lc * ls[:, None] + lb[:, None], scale_rows(self.la, ls),
+                 self.uc * us[:, None] + ub[:, None], scale_rows(self.ua, us))
         companion = IntervalDomain(pre_lo.clamp_min(0), pre_hi.clamp_min(0))
         return type(self)(parts, companion)
 
@@ -94,6 +103,10 @@ class SymbolicLinearDomain(RowDomain):
     def add(self, other: "SymbolicLinearDomain") -> "SymbolicLinearDomain":
         parts = tuple(a + b for a, b in zip(self.parts(), other.parts()))
         return type(self)(parts, self.companion.add(other.companion))  # type: ignore[arg-type]
+
+    def concretize_lower(self) -> torch.Tensor:
+        lb = self.lc[:, 0] - spread(self.la)
+        return torch.maximum(lb, self.companion.lo) if self.intersect_interval else lb
 
     def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         lb, _ = concretize_eq(self.lc, self.la)
