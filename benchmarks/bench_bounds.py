@@ -33,7 +33,7 @@ def one(model_name: str, domain: str, batch: int, reps: int, device: str) -> dic
     import torch.nn.functional as F
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.bounds import bound_margins, verified_loss
+    from pipeline.bounds import margin_lower_bounds, verified_loss
     from pipeline.models import MODELS, build_model
 
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def one(model_name: str, domain: str, batch: int, reps: int, device: str) -> dic
         if domain == "natural":
             loss = F.cross_entropy(model(x), y)
         else:
-            lb, _ = bound_margins(model, x, y, eps, domain)
+            lb = margin_lower_bounds(model, x, y, eps, domain)
             loss = verified_loss(lb, y)
         opt.zero_grad()
         loss.backward()

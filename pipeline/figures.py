@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from pipeline.bounds import bound_margins  # noqa: E402
+from pipeline.bounds import margin_lower_bounds  # noqa: E402
 
 __all__ = ["per_sample_verified_loss", "fig4_data", "plot_fig4", "fig7_data", "plot_fig7", "fig5_data", "plot_fig5",
            "plot_fig2", "plot_note"]
@@ -44,7 +44,7 @@ def per_sample_verified_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.T
     model.eval()
     out = []
     for i in range(0, len(x), chunk):
-        lb, _ = bound_margins(model, x[i:i + chunk], y[i:i + chunk], eps, domain)
+        lb = margin_lower_bounds(model, x[i:i + chunk], y[i:i + chunk], eps, domain)
         out.append(F.cross_entropy(-lb, y[i:i + chunk], reduction="none"))
     return torch.cat(out)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bounds import HYBRID_RELUS, bound_margins, get_domain, verified_loss
+from pipeline.bounds import HYBRID_RELUS, get_domain, margin_lower_bounds, verified_loss
 from pipeline.train.registry import Method, number_param, register_method
 from pipeline.train.wong import uncertified_fraction
 from pipeline.utils.precision import autocast
@@ -76,7 +76,7 @@ class DiffAI(Method):
         stats = {"acc": (logits.argmax(1) == y).float().mean().item()}
         if w_rob == 0:
             return natural, stats
-        lb, _ = bound_margins(model, x, y, eps, self.domain)
+        lb = margin_lower_bounds(model, x, y, eps, self.domain)
         robust = self.robust_loss(lb, y)
         stats.update(robust_loss=robust.item(), robust_err=uncertified_fraction(lb.detach(), y))
         return (w_nat * natural + w_rob * robust) / (w_nat + w_rob), stats

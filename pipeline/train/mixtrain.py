@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bounds import bound_margins, get_domain, verified_loss
+from pipeline.bounds import get_domain, margin_lower_bounds, verified_loss
 from pipeline.train.alpha import alpha_schedule
 from pipeline.train.registry import Method, register_method
 from pipeline.utils.precision import autocast
@@ -51,7 +51,7 @@ class MixTrain(Method):
             return natural, stats
         idx = sample_indices(x.shape[0], self.k, self.generator).to(x.device)
         self.k_used = len(idx)
-        lb, _ = bound_margins(model, x[idx], y[idx], eps, self.domain)
+        lb = margin_lower_bounds(model, x[idx], y[idx], eps, self.domain)
         verified = verified_loss(lb, y[idx])
         stats["verified_loss"] = verified.item()
         return (1 - self.alpha.value) * natural + self.alpha.value * verified, stats

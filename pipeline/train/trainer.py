@@ -22,14 +22,12 @@ import math
 import resource
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.bounds import verify
 from pipeline.runconfig import TrainConfig
@@ -38,6 +36,7 @@ from pipeline.models import build_model
 from pipeline.train.batches import EpochBatches, augment_crop_flip
 from pipeline.train.registry import get_method
 from pipeline.utils import atomic_save_torch, load_checkpoint, resolve_device
+from pipeline.utils.progress import progress
 
 __all__ = ["train", "eps_at", "augment_crop_flip", "training_indices"]
 
@@ -150,8 +149,8 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         batches = EpochBatches(data, train_idx[perm.numpy()], bs, n_batches, augment, gen, device,
                                pin_memory=cfg.pin_memory, prefetch_batches=cfg.prefetch_batches)
         with batches:
-            bar = tqdm(batches, total=n_batches, desc=f"{cfg.train_id} epoch {epoch + 1}/{sched_cfg['epochs']}",
-                       leave=False, disable=not sys.stderr.isatty())
+            bar = progress(batches, total=n_batches, unit="batch",
+                           desc=f"{cfg.train_id} epoch {epoch + 1}/{sched_cfg['epochs']}")
             for b, (x, y) in enumerate(bar):
                 eps = eps_at(epoch * n_batches + b, ramp_steps, cfg.eps_start, cfg.eps)
                 t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bounds import bound_margins, verified_loss, wong_domain
+from pipeline.bounds import margin_lower_bounds, verified_loss, wong_domain
 from pipeline.train.registry import Method, register_method
 from pipeline.utils.precision import autocast
 
@@ -43,7 +43,7 @@ class Wong(Method):
         self.domain = wong_domain(self.projections, self.generator)  # validates projections
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        lb, _ = bound_margins(model, x, y, eps, self.domain)
+        lb = margin_lower_bounds(model, x, y, eps, self.domain)
         loss = verified_loss(lb, y)
         with torch.no_grad(), autocast(x.device, self.mixed_precision):  # logged accuracy only, not the bound
             acc = (model(x).argmax(1) == y).float().mean().item()
