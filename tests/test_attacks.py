@@ -33,8 +33,7 @@ def quick_attacks(steps: int = 10) -> dict[str, Attack]:
     """Every registered attack with a small budget (the interval attack fails the test if one is not listed)."""
     attacks = {"pgd": PGD(steps=steps, step_size=0.02, restarts=2),
                "cw": CW(steps=steps, step_size=0.02, restarts=2),
-               "interval": IntervalAttack(iterations=4, step_size=0.02, delta_init=0.005, pgd_steps=steps,
-                                          pgd_step_size=0.02)}
+               "interval": IntervalAttack(iterations=4, delta_init=0.005, pgd_steps=steps, pgd_step_size=0.02)}
     assert set(attacks) == set(ATTACKS), "a registered attack is missing from the test's list"
     return attacks
 
@@ -76,7 +75,10 @@ def test_registry_names_and_unknown_name():
                                   lambda: PGD(restarts=0), lambda: PGD(restarts=2, random_start=False),
                                   lambda: PGD(steps=2.5), lambda: CW(kappa=-1.0),
                                   lambda: IntervalAttack(growth=1.0), lambda: IntervalAttack(delta_init=0.0),
-                                  lambda: IntervalAttack(max_samples_per_chunk=0)])
+                                  lambda: IntervalAttack(max_samples_per_chunk=0),
+                                  lambda: IntervalAttack(max_delta_frac=0.0),
+                                  lambda: IntervalAttack(max_delta_frac=1.5),
+                                  lambda: IntervalAttack(step_size=-0.1), lambda: IntervalAttack(pgd_between=1)])
 def test_bad_parameters_are_rejected(make):
     with pytest.raises(ValueError, match="must be|would repeat"):
         make()
@@ -220,9 +222,14 @@ def test_interval_pass_count():
     model, x, y = predicted_case("fc", 5, 3, 0.0)
     r = bound_passes(x)
     assert r == 2 * (36 + 2)
-    # eps = 0: one δ (= 0), so no search; per iteration the gradient propagation (2r) and the early-stop forward
+    # eps = 0: the ladder is [0]; the relaxation proves the (point) box safe, so every sample is stuck after one
+    # propagation (no backward pass: the interval gradient comes with it) and leaves the interval phase for good
     res = IntervalAttack(iterations=2, pgd_steps=3)(model, x, y, 0.0, gen(0))
-    assert res.passes == 1 + 2 * (2 * r + 1) + (2 * 3 + 1) + 1
+    assert res.passes == 1 + r + (2 * 3 + 1) + 1
+    # PGD between the interval steps (the authors' schedule): a PGD run before each of the 2 steps and one after;
+    # a stuck sample is tried again after each PGD run, since PGD moved it
+    res = IntervalAttack(iterations=2, pgd_steps=3, pgd_between=True)(model, x, y, 0.0, gen(0))
+    assert res.passes == 1 + 3 * (2 * 3 + 1) + 2 * r + 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -306,53 +313,166 @@ def test_verified_samples_are_never_broken(kind):
 # Interval attack
 # ----------------------------------------------------------------------------------------------------------------
 
-def spy_bounds(monkeypatch) -> list[tuple[float, int, bool]]:
-    """Record ``(delta, n_samples, grad_enabled)`` of every bound propagation the interval attack makes."""
-    calls: list[tuple[float, int, bool]] = []
-    real = interval_mod.bound_margins
+def spy_bounds(monkeypatch) -> list[tuple[float, int]]:
+    """Record ``(delta, n_samples)`` of every bound propagation the interval attack makes."""
+    calls: list[tuple[float, int]] = []
+    real = interval_mod.margin_equations
 
-    def spy(model, x, y, eps, domain, *args, **kwargs):
-        assert domain == "symbolic_linear"
-        calls.append((eps, x.shape[0], torch.is_grad_enabled()))
-        return real(model, x, y, eps, domain, *args, **kwargs)
-    monkeypatch.setattr(interval_mod, "bound_margins", spy)
+    def spy(model, x, y, delta):
+        calls.append((delta, x.shape[0]))
+        return real(model, x, y, delta)
+    monkeypatch.setattr(interval_mod, "margin_equations", spy)
     return calls
 
 
-def test_interval_delta_never_exceeds_eps_and_chunks(monkeypatch):
+def linear_net(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """``logits = weight @ flatten(x) + bias`` on ``[B, 1, 2, 3]`` inputs: the relaxation is exact."""
+    lin = nn.Linear(6, 10)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+    return CertifiedNet(nn.Sequential(nn.Flatten(), lin), [0.0], [1.0], "synthetic").eval()
+
+
+def two_rival_net() -> nn.Module:
+    """Class 0 is predicted at x = 0.5; classes 1 and 2 are its rivals, with margins ``z_0 - z_1 = 0.05 + w1 . x'``
+    and ``z_0 - z_2 = 0.30 + 3 w2 . x'`` (``x' = x - 0.5``), where w1 and w2 disagree in sign on three pixels;
+    classes 3..9 are far behind.  Over a box of half-width δ: ``lb_1 = 0.05 - 6 δ``, ``lb_2 = 0.30 - 18 δ``."""
+    w1 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    w2 = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    weight = torch.zeros(10, 6)
+    weight[1], weight[2] = -w1, -3 * w2       # z_0 = 0, so z_0 - z_j = -(weight_j . x + b_j)
+    bias = torch.full((10,), -100.0)
+    bias[0] = 0.0
+    bias[1] = -0.05 + float(w1.sum()) * 0.5
+    bias[2] = -0.30 + 3 * float(w2.sum()) * 0.5
+    return linear_net(weight, bias)
+
+
+def test_margin_equations_are_the_exact_margins_on_a_linear_net():
+    model = two_rival_net()
+    x = torch.full((1, 1, 2, 3), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    lb, coef = interval_mod.margin_equations(model, x, y, 0.02)
+    w = model.net[1].weight.detach()
+    assert torch.allclose(coef[0].reshape(6, 10), (w[0] - w).T, atol=1e-6)   # d(z_0 - z_j)/dx
+    exact = (model(x)[0, 0] - model(x)[0]) - 0.02 * (w[0] - w).abs().sum(1)
+    assert torch.allclose(lb[0], exact, atol=1e-5)
+
+
+def test_interval_step_follows_the_equation_of_the_worst_class_only():
+    """Algorithm 1's direction: -sign of the input coefficients of the lower equation of the one margin the
+    relaxation finds worst (class 1 here, lower bound below class 2's), not a mix over classes.  The previous
+    implementation (gradient w.r.t. the box centre of the cross-entropy on all worst-case logits) followed class 2 on
+    the pixels where the rivals disagree, because class 2's coefficients are 3x larger."""
+    model = two_rival_net()
+    x = torch.full((1, 1, 2, 3), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    lb, _ = interval_mod.margin_equations(model, x, y, 0.005)
+    assert 0 < float(lb[0, 1]) < float(lb[0, 2])   # the box of 0.005 is proven safe
+    lb, _ = interval_mod.margin_equations(model, x, y, 0.01)
+    assert float(lb[0, 1]) <= 0 < float(lb[0, 2])  # the box of 0.01 is not, through class 1 only
+    attack = IntervalAttack(iterations=1, delta_init=0.005, growth=2.0, pgd_steps=0, step_size=0.04)
+    res = attack(model, x, y, 0.3)
+    step = (res.x_adv - x).flatten()
+    assert torch.allclose(step, torch.full((6,), -0.04), atol=1e-6)  # -sign(w1) everywhere
+    assert res.success.tolist() == [True]
+    assert res.passes == 1 + 2 * bound_passes(x) + 1 + 1  # two boxes bounded, one early-stop forward
+
+
+def test_interval_step_is_the_box_half_width_by_default():
+    model = two_rival_net()
+    x = torch.full((1, 1, 2, 3), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    attack = IntervalAttack(iterations=1, pgd_steps=0)
+    assert attack.deltas(0.3) == pytest.approx([0.01, 0.03, 0.09, 0.15])
+    res = attack(model, x, y, 0.3)
+    # the first box, 0.01, is not proven safe (lb_1 = 0.05 - 6 * 0.01 < 0): the step is 0.01
+    assert torch.allclose((res.x_adv - x).flatten(), torch.full((6,), -0.01), atol=1e-6)
+
+
+def test_interval_stuck_sample_does_not_move_and_is_not_bounded_again(monkeypatch):
+    """A sample whose every box the relaxation proves safe stays where it is (the previous implementation stepped
+    anyway, along the gradient of the largest box) and costs one scan of the ladder, not one per iteration."""
+    model = two_rival_net()
+    x = torch.full((1, 1, 2, 3), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    eps = 0.01  # ladder [0.005]: lb_1 = 0.05 - 6 * 0.005 > 0
+    calls = spy_bounds(monkeypatch)
+    attack = IntervalAttack(iterations=5, delta_init=0.005, pgd_steps=0)
+    assert attack.deltas(eps) == [0.005]
+    res = attack(model, x, y, eps)
+    assert torch.equal(res.x_adv, x) and res.success.tolist() == [False]
+    assert calls == [(0.005, 1)]
+    assert res.passes == 1 + bound_passes(x) + 1
+
+
+def test_interval_deltas_never_exceed_the_cap_and_chunks(monkeypatch):
     calls = spy_bounds(monkeypatch)
     model, x, y = predicted_case("conv", 9, 5, 0.07)
     eps = 0.07
-    attack = IntervalAttack(iterations=3, step_size=0.005, delta_init=0.005, growth=3.0, pgd_steps=0,
+    attack = IntervalAttack(iterations=3, delta_init=0.005, growth=3.0, max_delta_frac=1.0, pgd_steps=0,
                             max_samples_per_chunk=2)
-    assert attack.deltas(eps) == [0.005, 0.015, 0.045, 0.07]
+    assert attack.deltas(eps) == pytest.approx([0.005, 0.015, 0.045, 0.07])
     res = attack(model, x, y, eps, gen(0))
-    assert calls and all(d <= eps for d, _, _ in calls)
-    assert {d for d, _, _ in calls} <= set(attack.deltas(eps))
-    assert all(n <= 2 for _, n, _ in calls)
+    assert calls and all(d <= eps for d, _ in calls)
+    assert {d for d, _ in calls} <= set(attack.deltas(eps))
+    assert all(n <= 2 for _, n in calls)
     assert_in_ball(res.x_adv, x, eps)
-    assert IntervalAttack(delta_init=1.0).deltas(0.1) == [0.1]
+    assert IntervalAttack(delta_init=1.0).deltas(0.1) == [0.05]                        # capped at ε / 2
+    assert IntervalAttack(delta_init=1.0, max_delta_frac=1.0).deltas(0.1) == [0.1]     # never above ε
     assert IntervalAttack(delta_init=1e-3, growth=2.0, max_delta_tries=3).deltas(0.3) == [1e-3, 2e-3, 4e-3]
+    assert IntervalAttack(delta_init=1e-4).deltas(2 / 255) == pytest.approx([1e-4, 3e-4, 9e-4, 2.7e-3, 1 / 255])
+
+
+def test_interval_box_scan_stops_at_the_smallest_unsafe_box(monkeypatch):
+    """With a faked relaxation (sample i's boxes are unsafe from δ >= threshold_i on), each sample is bounded on the
+    ladder's boxes from the smallest up to its first unsafe one, and steps by that box's δ; a sample never unsafe is
+    bounded on the whole ladder once and does not move."""
+    attack = IntervalAttack(delta_init=0.01, growth=2.0, max_delta_frac=1.0, max_delta_tries=10)
+    ladder = attack.deltas(0.3)  # 0.01 .. 0.3, 6 values
+    thresholds = torch.tensor([0.005, 0.01, 0.03, 0.05, 0.15, 0.2, 1.0])  # 1.0: never unsafe
+    tried: dict[int, list[float]] = {i: [] for i in range(7)}
+
+    def fake(model, x, y, delta):
+        idx = x[:, 0, 0, 0].round().long()
+        for i in idx.tolist():
+            tried[i].append(delta)
+        lb = torch.ones(x.shape[0], 10)
+        lb[(delta >= thresholds[idx]), 3] = -1.0
+        coef = torch.ones(x.shape[0], *x.shape[1:], 10)
+        return lb, coef
+    monkeypatch.setattr(interval_mod, "margin_equations", fake)
+    x = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1)
+    y = torch.zeros(7, dtype=torch.long)
+    direction, step, found = attack.interval_step(None, x, y, 0.3, CostMeter(7))
+    first = [next((k for k, d in enumerate(ladder) if d >= t), None) for t in thresholds.tolist()]
+    assert found.tolist() == [k is not None for k in first]
+    for i, k in enumerate(first):
+        assert tried[i] == ladder[:(len(ladder) if k is None else k + 1)]
+        assert float(step[i]) == pytest.approx(0.0 if k is None else ladder[k])
+        assert float(direction[i].sum()) == (0.0 if k is None else -1.0)  # -sign of the (all-ones) equation
 
 
 def test_interval_early_stop(monkeypatch):
     model, x, y = predicted_case("fc", 10, 8, 0.1)
     eps = 0.1
-    one = IntervalAttack(iterations=1, step_size=0.05, delta_init=0.01, pgd_steps=0)(model, x, y, eps, gen(0))
-    n_rest = int((~one.success).sum())
-    assert 0 < n_rest < 8, "the case should break some but not all samples in one iteration"
-    calls = spy_bounds(monkeypatch)
-    two = IntervalAttack(iterations=2, step_size=0.05, delta_init=0.01, pgd_steps=0)(model, x, y, eps, gen(0))
-    # iterations are separated by the gradient calls (grad enabled); iteration 2 bounds only the unbroken samples
-    grad_sizes = [n for _, n, g in calls if g]
-    first = 0
-    while first < len(calls) and not calls[first][2]:
-        first += 1
-    while first < len(calls) and calls[first][2]:
-        first += 1
-    assert sum(n for _, n, g in calls[:first] if g) == 8
-    assert sum(n for _, n, g in calls[first:] if g) == n_rest
-    assert sum(grad_sizes) == 8 + n_rest
+    kw = dict(delta_init=0.01, step_size=0.05, pgd_steps=0)
+    one = IntervalAttack(iterations=1, **kw)(model, x, y, eps, gen(0))
+    n_broken = int(one.success.sum())
+    assert 0 < n_broken < 8, "the case should break some but not all samples in one iteration"
+    _, _, found = IntervalAttack(**kw).interval_step(model.eval(), x, y, eps, CostMeter(8))
+    sizes: list[int] = []
+    attack = IntervalAttack(iterations=2, **kw)
+    real = attack.interval_step
+
+    def spy(model_, xs, ys, eps_, meter):
+        sizes.append(xs.shape[0])
+        return real(model_, xs, ys, eps_, meter)
+    monkeypatch.setattr(attack, "interval_step", spy)
+    two = attack(model, x, y, eps, gen(0))
+    # iteration 2 runs only on the samples neither broken nor stuck in iteration 1
+    assert sizes == [8, int((found & ~one.success).sum())]
     assert (two.success >= one.success).all()  # broken samples stay broken (their point is frozen)
     assert torch.equal(two.x_adv[one.success], one.x_adv[one.success])
 
@@ -412,36 +532,15 @@ def test_pgd_at_least_as_strong_as_torchattacks(mnist_model):
 
 @needs_data
 def test_interval_attack_at_least_its_pgd_tail(mnist_model):
-    """The interval iterations add to their PGD tail (measured on this case: 27 vs 23 of 32 at eps = 0.08)."""
+    """The interval iterations never cost their PGD tail anything here (measured at eps = 0.08: 23 of 32 both; the
+    boxes of this naturally trained net are unsafe from 0.002 or 0.006 on, so five box-sized steps move little.  The
+    pre-Algorithm-1 implementation, fixed steps of 0.01 along the verified-loss gradient, measured 27 vs 23)."""
     model, x, y = mnist_model
     x, y = x[:32], y[:32]
     eps, steps, alpha = 0.08, 10, 0.01
     tail = PGD(steps=steps, step_size=alpha, random_start=False)(model, x, y, eps)
-    full = IntervalAttack(iterations=5, step_size=alpha, delta_init=0.002, pgd_steps=steps,
-                          pgd_step_size=alpha, max_samples_per_chunk=32)(model, x, y, eps)
+    full = IntervalAttack(iterations=5, delta_init=0.002, pgd_steps=steps, pgd_step_size=alpha,
+                          max_samples_per_chunk=32)(model, x, y, eps)
     assert torch.equal(full.success, recheck(model, full.x_adv, x, y, eps))
     assert 0 < int(tail.success.sum()) < len(y)
     assert int(full.success.sum()) >= int(tail.success.sum())
-
-
-def test_interval_delta_bisection_finds_the_smallest_violating_box(monkeypatch):
-    """With a relaxation whose violation is monotone in δ (faked: sample i violates from δ >= threshold_i on), the
-    bisection returns exactly the linear scan's answer, in ceil(log2(ladder)) rounds."""
-    attack = IntervalAttack(delta_init=0.01, growth=2.0, max_delta_tries=10)
-    ladder = attack.deltas(0.3)  # 0.01 .. 0.3, 6 values
-    thresholds = torch.tensor([0.005, 0.01, 0.03, 0.05, 0.15, 0.3, 1.0])  # 1.0: never violated -> last δ
-    rounds = []
-
-    def fake(model, x, y, delta, domain, *args, **kwargs):
-        rounds.append(delta)
-        idx = x[:, 0, 0, 0].long()
-        lb = torch.ones(x.shape[0], 10)
-        lb[delta >= thresholds[idx]] = -1.0
-        return lb, lb
-    monkeypatch.setattr(interval_mod, "bound_margins", fake)
-    x = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1)
-    y = torch.zeros(7, dtype=torch.long)
-    got = attack.find_delta(None, x, y, 0.3, CostMeter(7))
-    expect = [next((k for k, d in enumerate(ladder) if d >= t), len(ladder) - 1) for t in thresholds.tolist()]
-    assert got.tolist() == expect
-    assert len(set(rounds)) <= len(ladder) - 1 and len(rounds) <= 7 * math.ceil(math.log2(len(ladder)))
