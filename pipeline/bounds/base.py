@@ -118,7 +118,8 @@ class RowDomain(Domain):
         if lc is uc and la is ua:  # an exact affine function of the input so far: one product suffices
             c, a = const(lc), _opt(f, la)
             return self.with_parts((c, a, c, a), op)
-        mid_c, rad_c = const((lc + uc) / 2), f_abs((uc - lc) / 2)
+        # fewest elementwise passes (they, not the products, dominate small layers): lerp is the midpoint
+        mid_c, rad_c = const(torch.lerp(lc, uc, 0.5)), f_abs((uc - lc).mul_(0.5))
         if la is None or ua is None:
             return self.with_parts((mid_c - rad_c, None, mid_c + rad_c, None), op)
         mid_a, rad_a = f((la + ua) / 2), f_abs((ua - la) / 2)
