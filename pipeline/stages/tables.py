@@ -5,6 +5,12 @@
 summary DVC tracks as metrics).  A cell is a measured value or says why it is missing — "n/a (method not yet
 implemented)", "n/a (attack not yet implemented)" — never an invented number.  Proportions are percentages of the
 same fixed test subset, with 95% Wilson intervals.
+
+Tables I and III-VI put the paper's published value under each of our rows ("↳ paper", from
+:mod:`pipeline.paper`): the paper's number, the difference ours − paper, and ✗ where the paper's value lies outside
+our 95% interval; a cell the paper data has no number for says n/a with a footnote giving why.  Each table's header
+states the training schedule (epochs, ε ramp, learning-rate decay) per method, as each run's train config has it.
+Rows computed from different dataset files (the ``data_sha256`` the train/evaluate stages record) are refused.
 """
 from __future__ import annotations
 
@@ -16,7 +22,13 @@ from typing import Any, Callable
 
 from tabulate import tabulate
 
+from pipeline.errors import PipelineError
+from pipeline.paper import DEFAULT_PATH as PAPER_NUMBERS
+from pipeline.paper import SECONDS_COLUMNS, PaperNumbers, PaperValue, load_paper_numbers
 from pipeline.utils import atomic_write_json, atomic_write_text, wilson_interval
+
+__all__ = ["TABLES", "PAPER_TABLES", "PAPER_COLUMNS", "DataMismatchError", "render", "time_to_target",
+           "check_data_hashes", "data_hashes", "ours_value", "paper_cell", "schedule_section", "summary", "main"]
 
 NOT_IMPLEMENTED = "n/a (method not yet implemented)"
 NO_ATTACK = "n/a (not measured)"
@@ -33,6 +45,11 @@ def _pct(m: dict, key: str, missing: str) -> str:
     return f"{100 * m[key]:.1f}{ci}"
 
 
+def _min_sec(t: float) -> str:
+    minutes, seconds = divmod(t, 60)
+    return f"{int(minutes)}m{seconds:04.1f}s"
+
+
 def _train(m: dict, key: str) -> str:
     t = (m.get("train") or {}).get(key)
     if t is None:
@@ -42,8 +59,7 @@ def _train(m: dict, key: str) -> str:
     if key == "peak_mem_mb":
         kind = (m.get("train") or {}).get("peak_mem_kind", "")
         return f"{t:.0f} MB ({'GPU' if kind.startswith('cuda') else 'RSS'})"
-    minutes, seconds = divmod(t, 60)
-    return f"{int(minutes)}m{seconds:04.1f}s"
+    return _min_sec(t)
 
 
 def method_label(run: dict, m: dict | None = None) -> str:
@@ -106,6 +122,215 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
 }
 
 
+# ---- the paper beside every cell (Tables I, III-VI) ----
+
+#: our tables that carry a "↳ paper" row under each of our rows (the paper's Tables I, III, IV, V, VI)
+PAPER_TABLES = ("table1", "table3", "table4", "table5", "table6")
+#: column header -> the paper column (pipeline.paper) it is compared with
+PAPER_COLUMNS = {"ACC (%)": "acc", "ERA PGD (%)": "era_pgd", "ERA CW (%)": "era_cw", "ERA Interval (%)": "era_interval",
+                 "VRA (%)": "vra", "Batch Time": "batch_time_s", "Train Time": "train_time_s",
+                 "Peak Memory": "peak_mem_mb", "PGD success": "success_pgd", "CW success": "success_cw",
+                 "Interval success": "success_interval", "Time to target": "time_to_target_s"}
+PAPER_LABEL = "↳ paper"
+OUTSIDE = "✗"      # the paper's value lies outside our 95% interval
+UNCHECKED = "†"    # a secondary quote of the paper, not yet checked against the paper's own table
+NO_ENTRY = "no entry for this row in pipeline/paper/mixtrain_paper.yaml"
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+class DataMismatchError(PipelineError, ValueError):
+    """Rows of the tables were computed from different dataset files (their recorded sha256 differ)."""
+
+
+def ours_value(m: dict, column: str) -> tuple[float | None, tuple[float, float] | None]:
+    """Our number for a paper column, in the paper's unit (percent, seconds, MB), and its 95% interval (percent
+    columns only); ``(None, None)`` where we have no number (not run, out of memory, not measured)."""
+    if m.get("status") == "out_of_memory":
+        return None, None
+    if column in ("acc", "era_pgd", "era_cw", "era_interval", "vra"):
+        if m.get(column) is None:
+            return None, None
+        lo, hi = m.get(f"{column}_ci95") or (None, None)
+        return 100 * m[column], (None if lo is None or hi is None else (100 * lo, 100 * hi))
+    if column.startswith("success_"):
+        a = ((m.get("table1") or {}).get("attacks") or {}).get(column[len("success_"):])
+        if not a:
+            return None, None
+        lo, hi = wilson_interval(a["success"], a["attacked"]) if a["attacked"] else (0.0, 1.0)
+        return 100 * a["rate"], (100 * lo, 100 * hi)
+    if column in ("batch_time_s", "train_time_s", "peak_mem_mb"):
+        return (m.get("train") or {}).get(column), None
+    return None, None  # time_to_target_s: our Table V cell is text (epoch granularity), shown beside the paper's
+
+
+def _signed(d: float) -> str:
+    d = round(d, 1) + 0.0  # no "-0.0"
+    return "±0.0" if d == 0 else f"{d:+.1f}".replace("-", "−")
+
+
+def _paper_number(pv: PaperValue) -> str:
+    v = pv.value
+    assert v is not None
+    if pv.column == "train_time_s":
+        return _min_sec(v)
+    if pv.column in SECONDS_COLUMNS:
+        return f"{v:g} s"
+    if pv.unit == "MB":
+        return f"{v:.0f} MB"
+    return f"{v:.1f}"
+
+
+class _Footnotes:
+    """Numbered reasons for the n/a cells of one table (each distinct reason once)."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def mark(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return str(self.reasons.index(reason) + 1).translate(_SUPERSCRIPT)
+
+    def section(self) -> str:
+        if not self.reasons:
+            return ""
+        return ("\nWhy a paper value is n/a:\n\n"
+                + "".join(f"- {str(i + 1).translate(_SUPERSCRIPT)} {r}\n" for i, r in enumerate(self.reasons)))
+
+
+def paper_cell(pv: PaperValue | None, ours: float | None, ci: tuple[float, float] | None,
+               notes: _Footnotes | None = None) -> str:
+    """The paper's value for one cell, the difference ours − paper, and ✗ when it lies outside our interval.
+
+    Percentages: ``Δ`` in percentage points; the interval test uses the interval as printed (one decimal), so the mark
+    agrees with what the reader sees.  Times and memory: no interval; ``×`` is ours ÷ paper.  No number: ``n/a`` with
+    a footnote marker (``notes``) for its reason."""
+    notes = notes or _Footnotes()
+    if pv is None or pv.value is None:
+        return "n/a" + notes.mark(pv.reason if pv is not None and pv.reason else NO_ENTRY)
+    text = _paper_number(pv) + ("" if pv.checked else UNCHECKED)
+    if ours is None:
+        return text
+    if pv.unit == "%":
+        text += f" · Δ {_signed(ours - pv.value)}"
+        if ci is not None and not round(ci[0], 1) <= round(pv.value, 1) <= round(ci[1], 1):
+            text += f" {OUTSIDE}"
+        return text
+    if pv.value > 0:
+        ratio = ours / pv.value
+        text += f" · ×{ratio:,.0f}" if ratio >= 100 else f" · ×{ratio:.3g}"
+    return text
+
+
+def _paper_row(name: str, rid: str, columns: list[Column], m: dict, measured: bool, paper: PaperNumbers,
+               notes: _Footnotes) -> list[str]:
+    label_at = max(i for i, (h, _) in enumerate(columns) if h in IDENTITY)
+    row = []
+    for i, (h, _) in enumerate(columns):
+        if i == label_at:
+            row.append(PAPER_LABEL)
+        elif h not in PAPER_COLUMNS:
+            row.append("")
+        else:
+            col = PAPER_COLUMNS[h]
+            ours, ci = ours_value(m, col) if measured else (None, None)
+            row.append(paper_cell(paper.lookup(name, rid, col), ours, ci, notes))
+    return row
+
+
+def paper_legend(paper: PaperNumbers) -> str:
+    unchecked = any(not e.checked for e in paper.entries if e.value is not None)
+    return (f"Under each row, **{PAPER_LABEL}**: the paper's value for the cell above, then Δ = ours − paper in "
+            f"percentage points (times and memory: ours ÷ paper, as ×); {OUTSIDE} = the paper's value lies outside "
+            f"our 95% interval (as printed)"
+            + (f"; {UNCHECKED} = quoted in this project's issues/docs, not yet checked against the paper's own table"
+               if unchecked else "")
+            + "; n/a¹ = no paper value, the note under the table says why. "
+            "Data and sources: `pipeline/paper/mixtrain_paper.yaml`, `docs/paper_numbers.md`.\n\n")
+
+
+# ---- training schedule per method (table headers) ----
+
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _schedule_text(t: dict) -> str:
+    per_epoch = f" ({_plural(t['batches_per_epoch'], 'batch')}/epoch)" if t.get("batches_per_epoch") else ""
+    eps = ("no ε (the method ignores it)" if t.get("eps_free") else
+           f"ε ramped from {t['eps_start']:g} over {_plural(t['eps_ramp_epochs'], 'epoch')}")
+    return (f"{_plural(t['epochs'], 'epoch')} × batch {t['batch_size']}{per_epoch} · "
+            f"{OPTIMIZER_NAMES.get(t['optimizer'], t['optimizer'])} lr {t['lr']:g}, "
+            f"×{t['lr_decay_factor']:g} every {_plural(t['lr_decay_every'], 'epoch')} · {eps}")
+
+
+def schedule_section(rows: list[str], cfg: dict) -> str:
+    """Epochs, ε ramp and learning-rate decay per method, as the runs' train configs have them (params.yaml's
+    ``scales.<scale>`` and ``optim``); grouped where methods share one.  Empty if the config does not carry them."""
+    groups: dict[str, list[str]] = {}
+    for rid in rows:
+        run = cfg["runs"][rid]
+        t = run.get("train")
+        if not t:
+            continue
+        dataset = DATASET_NAMES.get(run["dataset"], run["dataset"])
+        labels = groups.setdefault(f"{dataset} — " + "{}" + f": {_schedule_text(t)}", [])
+        label = METHOD_NAMES.get(run["method"], run["method"])
+        if label not in labels:
+            labels.append(label)
+    if not groups:
+        return ""
+    return ("Training per method (params.yaml, as each run's train config has it):\n\n"
+            + "".join(f"- {line.format(', '.join(labels))}\n" for line, labels in groups.items()) + "\n")
+
+
+# ---- one data version per report ----
+
+def data_hashes(m: dict) -> dict[str, str]:
+    """The dataset file -> sha256 a run recorded (metrics ``data_sha256`` or ``provenance.data_sha256``); ``{}`` for
+    metrics written before the record existed (unknown, never a mismatch)."""
+    out: dict[str, str] = {}
+    for rec in (m.get("data_sha256"), (m.get("provenance") or {}).get("data_sha256")):
+        if isinstance(rec, dict):
+            out.update({str(k): str(v) for k, v in rec.items() if v})
+    return out
+
+
+def _some(rids: list[str], most: int = 6) -> str:
+    return ", ".join(rids) if len(rids) <= most else f"{', '.join(rids[:most - 1])} and {len(rids) - most + 1} more runs"
+
+
+def check_data_hashes(runs: list[str], metrics: dict[str, dict]) -> str:
+    """Refuse (:class:`DataMismatchError`, naming the files and runs) when two runs recorded different sha256 for the
+    same dataset file; missing records are unknown, not a mismatch.  Returns a one-line summary for the header."""
+    seen: dict[str, dict[str, list[str]]] = {}   # file -> sha256 -> runs
+    unknown = []
+    for rid in dict.fromkeys(runs):
+        if rid not in metrics:
+            continue
+        hashes = data_hashes(metrics[rid])
+        if not hashes:
+            unknown.append(rid)
+        for name, sha in hashes.items():
+            seen.setdefault(name, {}).setdefault(sha, []).append(rid)
+    clashes = {name: by for name, by in seen.items() if len(by) > 1}
+    if clashes:
+        lines = [f"  {name}: " + "; ".join(f"{sha[:12]} in {_some(rids)}" for sha, rids in by.items())
+                 for name, by in sorted(clashes.items())]
+        raise DataMismatchError("refusing to put rows computed from different data in one report; dataset files "
+                                "whose sha256 differ between runs:\n" + "\n".join(lines)
+                                + "\nre-run the stale runs on the current data (snakemake reruns them once their "
+                                  "inputs change) or restore the data they were computed from")
+    known = len([r for r in dict.fromkeys(runs) if r in metrics]) - len(unknown)
+    if not seen:
+        return "data sha256: not recorded by these runs"
+    return (f"data: {_plural(len(seen), 'file')}, same sha256 in all {known} runs that record it"
+            + (f" ({len(unknown)} do not)" if unknown else ""))
+
+
 def _history(m: dict) -> list[dict]:
     return (m.get("train") or {}).get("history") or []
 
@@ -144,28 +369,40 @@ def _out_of_memory_row(columns: list[Column], run: dict, m: dict, cap_gib: float
     return [f(run, m) if h in IDENTITY else text for h, f in columns]
 
 
-def render(name: str, rows: list[str], cfg: dict, metrics: dict[str, dict]) -> str:
+def render(name: str, rows: list[str], cfg: dict, metrics: dict[str, dict], paper: PaperNumbers | None = None) -> str:
+    """One table as Markdown; with ``paper``, Tables I and III-VI get a "↳ paper" row under each of ours."""
     title, columns = TABLES[name]
     extra = time_to_target(rows, cfg, metrics, cfg["time_budget_s"]) if name == "table5" else {}
+    compare = paper is not None and name in PAPER_TABLES
+    notes = _Footnotes()
     body = []
     for rid in rows:
         run = cfg["runs"][rid]
         m = {**metrics.get(rid, {}), **extra.get(rid, {})}
+        measured = False
         if run["method"] not in cfg["implemented_methods"] and run["method"] != "external":
             body.append([f(run, m) if h in IDENTITY else NOT_IMPLEMENTED for h, f in columns])
         elif m.get("status") == "out_of_memory":
             body.append(_out_of_memory_row(columns, run, m, cfg.get("memory_cap_gib")))
         else:
             body.append([f(run, m) for _, f in columns])
+            measured = True
+        if compare:
+            assert paper is not None
+            body.append(_paper_row(name, rid, columns, m, measured, paper, notes))
     devices = sorted({m["provenance"]["device"] for m in metrics.values() if m.get("run_id") in rows})
     commits = sorted({_short(m["provenance"]["commit"]) for m in metrics.values() if m.get("run_id") in rows})
+    data = check_data_hashes(rows, metrics)
     scale = cfg["scale"]
     banner = (f"> **SMOKE SCALE** — tiny training slices and test subsets: these numbers check the plumbing, they "
               f"are not results.\n\n" if scale == "smoke" else "")
     return (f"## {title}\n\n{banner}"
             f"Scale: `{scale}` · device: {', '.join(devices) or 'n/a'} · commit: {', '.join(commits) or 'n/a'} · "
-            f"proportions in % of the fixed test subset, [95% Wilson interval]\n\n"
-            + tabulate(body, headers=[h for h, _ in columns], tablefmt="github") + "\n")
+            f"{data} · proportions in % of the fixed test subset, [95% Wilson interval]\n\n"
+            + schedule_section(rows, cfg)
+            + (paper_legend(paper) if compare and paper is not None else "")
+            + tabulate(body, headers=[h for h, _ in columns], tablefmt="github", disable_numparse=True) + "\n"
+            + notes.section())
 
 
 def _short(commit: str) -> str:
@@ -202,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--paper", type=Path, default=None,
+                    help="the paper's numbers (default: pipeline/paper/mixtrain_paper.yaml)")
     args = ap.parse_args(argv)
     cfg = json.loads(args.config.read_text())
     metrics = {}
@@ -209,9 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         path = args.results / "eval" / rid / "metrics.json"
         if path.is_file():
             metrics[rid] = json.loads(path.read_text())
+    try:  # refuse before writing anything: mixed data, or a malformed paper-numbers file
+        check_data_hashes([rid for rows in cfg["tables"].values() for rid in rows], metrics)
+        paper = load_paper_numbers(args.paper or PAPER_NUMBERS)
+    except PipelineError as e:
+        print(f"tables: {e}", file=sys.stderr)
+        return 1
     parts = []
     for name in sorted(TABLES, key=lambda n: int(n[5:])):
-        text = render(name, cfg["tables"].get(name, []), cfg, metrics)
+        text = render(name, cfg["tables"].get(name, []), cfg, metrics, paper)
         atomic_write_text(args.out / "tables" / f"{name}.md", text)
         parts.append(text)
     figs = figures_section(cfg.get("figures", []))
