@@ -12,17 +12,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.clusterparams import ClusterConfig, JobResources, parse_cluster
 from pipeline.errors import ConfigError
-from pipeline.schema import _check_keys, _dc, _num, _req
+from pipeline.schema import _check_keys, _dc, _num, _req, read_yaml
+from pipeline.trainparams import OptimConfig, ScaleConfig, VerifyConfig, check_val_size, parse_scales
 from pipeline.evalparams import (AttackSettings, FigureSettings, Table1Settings, check_attack_overrides, parse_attacks,
                                  parse_figures, parse_table1)
 
 __all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "JobResources", "ClusterConfig", "RunSpec",
            "Params", "load_params",
-           "params_from_dict", "parse_eps", "canonical_run_id", "MODEL_DATASETS", "EXTERNAL", "DATASETS"]
+           "params_from_dict", "parse_eps", "canonical_run_id", "MODEL_DATASETS", "EXTERNAL", "DATASETS", "TABLE_NAMES"]
 
 #: zoo model -> dataset (kept here, torch-free, so the workflow can validate without importing torch)
 MODEL_DATASETS = {"MNIST_FC1": "mnist", "MNIST_FC2": "mnist", "MNIST_Small": "mnist", "MNIST_Large": "mnist",
@@ -36,66 +35,14 @@ EPS_FREE_METHODS = ("natural", "sinha")  # methods whose training ignores ε (Me
 #: the pseudo-method of runs that evaluate a published checkpoint instead of training
 EXTERNAL = "external"
 DATASETS = ("mnist", "cifar10")
-
-
-@dataclass(frozen=True)
-class ScaleConfig:
-    epochs: int
-    batch_size: int
-    train_limit: int | None
-    batches_per_epoch: int | None
-    val_limit: int
-    test_images: int
-    test_images_large: int
-    eps_ramp_epochs: int
-    lr_decay_every: int
-    augment_cifar: bool
-    val_vra_images: int     # validation images certified after every epoch (Table V); 0 = off
-    time_budget_s: float    # Table V: training-time budget for reaching MixTrain's validation VRA
-    figure_images: int | None  # Fig. 4's population of training images and Fig. 5's test images (null = all)
-    attack_overrides: dict  # attack -> {hyperparameter: value} replacing params.yaml `attacks` at this scale (ERA)
-    table1_attack_overrides: dict  # the same for Table I's equal-budget comparison
-    table1_max_runs: int | None  # Table I: at most this many runs per attack (null = until the budget is spent)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "val_limit", "test_images", "test_images_large", "lr_decay_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"scales.*.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.test_images > 1024 or self.test_images_large > 1024:
-            raise ConfigError("scales.*.test_images: at most 1024 (the committed test subset)")
-        if self.val_vra_images > self.val_limit:
-            raise ConfigError(f"scales.*.val_vra_images: {self.val_vra_images} exceeds val_limit {self.val_limit} "
-                              "(the validation images scored per epoch)")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    name: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    decay_factor: float
-
-    def __post_init__(self) -> None:
-        if self.name not in ("adam", "sgd"):
-            raise ConfigError(f"optim.*.name: expected 'adam' or 'sgd', got {self.name!r}")
+#: the paper's tables this pipeline renders (params.yaml ``tables`` may list runs for any of them)
+TABLE_NAMES = ("table1", "table3", "table4", "table5", "table6", "table7", "table8")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     vra_domains: tuple[str, ...]
     large: bool
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    dtype: str
-    margin_tol: float
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"verify.dtype: expected float32 or float64, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +132,7 @@ class Params:
 
 
 TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "mixed_precision", "data",
-            "verify", "scales", "optim", "eps_start",
+            "verify", "scales", "optim", "eps_start", "external_checkpoint_dirs",
             "models", "methods", "runs", "tables", "cluster", "attacks", "table1", "figures"}
 
 
@@ -219,15 +166,42 @@ def _check_mixtrain(m: dict[str, Any]) -> None:
             _num(rule["every"], f"{w}.every", lo=1, integer=True)
 
 
-def _external_run(rid: str, spec: dict, model: str, models: dict, root: Path) -> RunSpec:
+def _checkpoint_path(v: Any, where: str, root: Path, allowed: tuple[Path, ...]) -> Path:
+    """An external checkpoint's path, confined to the repository or a directory of ``external_checkpoint_dirs``
+    (symbolic links resolved, so neither ``..`` nor a link can reach elsewhere)."""
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{where}: expected a path (relative to the repository) to a checkpoint file, got {v!r}")
+    path = Path(v)
+    path = (path if path.is_absolute() else root / path).resolve()
+    roots = (root.resolve(), *allowed)
+    if not any(path.is_relative_to(r) for r in roots):
+        raise ConfigError(f"{where}: {v!r} resolves to {path}, outside the repository ({roots[0]}) and every "
+                          f"directory of external_checkpoint_dirs ({[str(r) for r in allowed]}); copy the checkpoint "
+                          "into the repository or add its directory to external_checkpoint_dirs")
+    return path
+
+
+def _checkpoint_dirs(raw: Any, root: Path) -> tuple[Path, ...]:
+    where = "external_checkpoint_dirs"
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(d, str) and d.strip() for d in raw):
+        raise ConfigError(f"{where}: expected a list of directories that may hold external checkpoints, got {raw!r}")
+    dirs = tuple(((root / d) if not Path(d).is_absolute() else Path(d)).resolve() for d in raw)
+    for d, text in zip(dirs, raw):
+        if not d.is_dir():
+            raise ConfigError(f"{where}: {text!r} ({d}) is not a directory")
+    return dirs
+
+
+def _external_run(rid: str, spec: dict, model: str, models: dict, root: Path, allowed: tuple[Path, ...]) -> RunSpec:
     where = f"runs.{rid}"
     if model not in models:
         raise ConfigError(f"{where}.model: {model!r} is not a model in 'models' ({sorted(models)})")
     eps, tag = parse_eps(_req(spec, "eps", where), f"{where}.eps")
     ck = _req(spec, "checkpoint", where)
-    _check_keys(ck, {"path", "mean", "std"}, f"{where}.checkpoint")
-    path = Path(str(_req(ck, "path", f"{where}.checkpoint")))
-    path = path if path.is_absolute() else root / path
+    _check_keys(ck, {"path", "mean", "std", "stage"}, f"{where}.checkpoint")
+    path = _checkpoint_path(_req(ck, "path", f"{where}.checkpoint"), f"{where}.checkpoint.path", root, allowed)
     channels = 1 if MODEL_DATASETS[model] == "mnist" else 3
     for key in ("mean", "std"):
         v = _req(ck, key, f"{where}.checkpoint")
@@ -235,16 +209,21 @@ def _external_run(rid: str, spec: dict, model: str, models: dict, root: Path) ->
                 or (key == "std" and any(t <= 0 for t in v)):
             raise ConfigError(f"{where}.checkpoint.{key}: expected a list of {channels} numbers"
                               f"{' > 0' if key == 'std' else ''}, got {v!r}")
-    expected = f"{EXTERNAL}-{path.stem}-{model}-eps{tag}"
+    stage = ck.get("stage")
+    if stage is not None:
+        _num(stage, f"{where}.checkpoint.stage (the index of one model of a cascade checkpoint)", lo=0, integer=True)
+    expected = f"{EXTERNAL}-{path.stem}{'' if stage is None else f'-stage{stage}'}-{model}-eps{tag}"
     if rid != expected:
-        raise ConfigError(f"{where}: run id must name the checkpoint, model and ε; expected {expected!r}")
+        raise ConfigError(f"{where}: run id must name the checkpoint, its stage if any, the model and ε; "
+                          f"expected {expected!r}")
     if spec.get("overrides"):
         raise ConfigError(f"{where}.overrides: external runs take no overrides")
     return RunSpec(rid, EXTERNAL, model, str(spec["eps"]), eps, {},
-                   {"path": str(path), "mean": list(ck["mean"]), "std": list(ck["std"])})
+                   {"path": str(path), "mean": list(ck["mean"]), "std": list(ck["std"]),
+                    **({} if stage is None else {"stage": stage})})
 
 
-def _runs(raw: Any, methods: dict, models: dict, root: Path) -> dict[str, RunSpec]:
+def _runs(raw: Any, methods: dict, models: dict, root: Path, ck_dirs: tuple[Path, ...]) -> dict[str, RunSpec]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("runs: expected a non-empty mapping of run id -> {method, model, eps, overrides}")
     out = {}
@@ -254,7 +233,7 @@ def _runs(raw: Any, methods: dict, models: dict, root: Path) -> dict[str, RunSpe
                     where)
         method, model = _req(spec, "method", where), _req(spec, "model", where)
         if method == EXTERNAL:
-            out[rid] = _external_run(rid, spec, model, models, root)
+            out[rid] = _external_run(rid, spec, model, models, root, ck_dirs)
             continue
         if "checkpoint" in spec:
             raise ConfigError(f"{where}.checkpoint: only runs with method '{EXTERNAL}' take a checkpoint")
@@ -282,7 +261,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: expected a mapping at the top level")
     _check_keys(raw, TOP_KEYS, "params.yaml")
-    scales = {name: _dc(ScaleConfig, s, f"scales.{name}") for name, s in (_req(raw, "scales", "params") or {}).items()}
+    scales = parse_scales(_req(raw, "scales", "params"))
     scale = _req(raw, "scale", "params")
     if scale not in scales:
         raise ConfigError(f"scale: {scale!r} is not defined under 'scales' (have {sorted(scales)})")
@@ -300,11 +279,12 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     prefetch_batches = _num(_req(data, "prefetch_batches", "data"), "data.prefetch_batches", lo=0, hi=64,
                             integer=True)
     mixed_precision = _bool(_req(raw, "mixed_precision", "params"), "mixed_precision")
-    optim = {ds: _dc(OptimConfig, o, f"optim.{ds}") for ds, o in _req(raw, "optim", "params").items()}
-    eps_start = {ds: parse_eps(v, f"eps_start.{ds}")[0] for ds, v in _req(raw, "eps_start", "params").items()}
-    for ds in ("mnist", "cifar10"):
-        if ds not in optim or ds not in eps_start:
-            raise ConfigError(f"optim.{ds} / eps_start.{ds}: missing (required for every dataset)")
+    for key in ("optim", "eps_start"):
+        _check_keys(_req(raw, key, "params"), set(DATASETS), key)
+        for ds in DATASETS:
+            _req(raw[key], ds, key)
+    optim = {ds: _dc(OptimConfig, raw["optim"][ds], f"optim.{ds}") for ds in DATASETS}
+    eps_start = {ds: parse_eps(raw["eps_start"][ds], f"eps_start.{ds}")[0] for ds in DATASETS}
     models = {}
     for name, m in _req(raw, "models", "params").items():
         if name not in MODEL_DATASETS:
@@ -320,12 +300,21 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         raise ConfigError("methods: expected a mapping of method name -> mapping of its hyperparameters")
     if "mixtrain" in methods:
         _check_mixtrain(methods["mixtrain"])
-    runs = _runs(_req(raw, "runs", "params"), methods, models, root)
+    runs = _runs(_req(raw, "runs", "params"), methods, models, root,
+                 _checkpoint_dirs(raw.get("external_checkpoint_dirs"), root))
+    val_size = _num(_req(data, "val_size", "data"), "data.val_size", lo=1, integer=True)
+    check_val_size(val_size, scales, {r.dataset for r in runs.values() if r.method != EXTERNAL})
     attacks = parse_attacks(_req(raw, "attacks", "params"))
     for name, sc in scales.items():
         check_attack_overrides(sc.attack_overrides, attacks, f"scales.{name}.attack_overrides")
         check_attack_overrides(sc.table1_attack_overrides, attacks, f"scales.{name}.table1_attack_overrides")
     tables = _req(raw, "tables", "params")
+    if not isinstance(tables, dict):
+        raise ConfigError(f"tables: expected a mapping of table name -> list of run ids, got {tables!r}")
+    unknown = sorted(set(tables) - set(TABLE_NAMES))
+    if unknown:
+        raise ConfigError(f"tables: unknown table(s) {unknown} (tables.{unknown[0]}); expected some of "
+                          f"{list(TABLE_NAMES)}")
     for t, rows in tables.items():
         if not isinstance(rows, list):
             raise ConfigError(f"tables.{t}: expected a list of run ids")
@@ -334,12 +323,13 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
                 raise ConfigError(f"tables.{t}: run {r!r} is not defined under 'runs'")
     return Params(
         root=root, scale=scale, data_root=data_root.resolve(),
-        seed=_num(_req(raw, "seed", "params"), "seed", lo=0, integer=True),
-        k=_num(_req(raw, "k", "params"), "k", lo=1, integer=True), device=device,
-        threads=_num(_req(raw, "threads", "params"), "threads", lo=0, integer=True),
-        memory_cap_gib=_num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, allow_none=True),
-        val_size=_num(_req(data, "val_size", "data"), "data.val_size", lo=1, integer=True),
-        split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, integer=True),
+        seed=_num(_req(raw, "seed", "params"), "seed", lo=0, hi=2**32 - 1, integer=True),
+        k=_num(_req(raw, "k", "params"), "k", lo=1, hi=100000, integer=True), device=device,
+        threads=_num(_req(raw, "threads", "params"), "threads", lo=0, hi=4096, integer=True),
+        memory_cap_gib=_num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, hi=1e6,
+                            allow_none=True),
+        val_size=val_size,
+        split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, hi=2**32 - 1, integer=True),
         pin_memory=pin_memory, prefetch_batches=prefetch_batches, mixed_precision=mixed_precision,
         verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
         scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
@@ -348,14 +338,10 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
 
 
 def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate params.yaml; ``overrides`` replace top-level keys (as Snakemake's ``--config`` does)."""
+    """Read and validate params.yaml; ``overrides`` replace top-level keys (as Snakemake's ``--config`` does, and the
+    Snakefile's ``--config`` handling calls this same function)."""
     path = Path(path).resolve()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"params file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path)  # duplicate keys rejected; syntax errors with line and column
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **overrides}
     return params_from_dict(raw, path.parent)

@@ -1,6 +1,6 @@
 """Exceptions raised by the library: one clear message naming the bad value and what was expected."""
 
-__all__ = ["PipelineError", "ConfigError", "DataError", "CheckpointError", "UnsupportedLayerError"]
+__all__ = ["PipelineError", "ConfigError", "DataError", "CheckpointError", "DiskFullError", "UnsupportedLayerError"]
 
 
 class PipelineError(Exception):
@@ -17,6 +17,10 @@ class DataError(PipelineError, OSError):
 
 class CheckpointError(PipelineError, ValueError):
     """A checkpoint does not match the architecture or cannot be loaded safely."""
+
+
+class DiskFullError(PipelineError, OSError):
+    """The device ran out of space while a file was written (the write was abandoned, nothing replaced)."""
 
 
 class UnsupportedLayerError(PipelineError, TypeError):

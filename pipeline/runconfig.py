@@ -71,8 +71,11 @@ class TrainConfig(_Digest):
     pin_memory: bool = True         # page-locked host batches on CUDA (ignored on CPU); does not change results
     prefetch_batches: int = 0       # batches made ahead on a background thread (0: synchronous); same results
     mixed_precision: bool = False   # bfloat16 autocast for natural forwards and PGD/WRM generation, never bounds
+    #: the training files (path under data_root -> sha256) this training must read; the stage checks them first.
+    #: Hashed: changed training data never resumes from a checkpoint of other data.
+    data_sha256: dict[str, str] | None = None
     _NOT_HASHED = ("data_root", "device", "threads", "pin_memory", "prefetch_batches")
-    _HASHED_UNLESS = {"mixed_precision": False}
+    _HASHED_UNLESS = {"mixed_precision": False, "data_sha256": None}
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,14 @@ class EvalConfig(_Digest):
     device: str
     threads: int
     mixed_precision: bool = False   # bfloat16 autocast inside the attacks' search only (not clean/re-check, not VRA)
+    data_sha256: dict[str, str] | None = None  # the test files (path under data_root -> sha256) it must read
     _NOT_HASHED = ("data_root", "device", "threads")
-    _HASHED_UNLESS = {"mixed_precision": False}
+    _HASHED_UNLESS = {"mixed_precision": False, "data_sha256": None}
 
 
-def train_configs(p: Params) -> dict[str, TrainConfig]:
-    """One config per distinct training of the grid (ε-free methods share one model across ε rows)."""
+def train_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> dict[str, TrainConfig]:
+    """One config per distinct training of the grid (ε-free methods share one model across ε rows); ``data``:
+    ``"<dataset>-<split>"`` -> that split's file hashes, carried into the configs (``data_sha256``)."""
     out: dict[str, TrainConfig] = {}
     schedule = asdict(p.scale_config)
     schedule.pop("time_budget_s")  # a reporting budget (Table V), not a training parameter
@@ -117,11 +122,12 @@ def train_configs(p: Params) -> dict[str, TrainConfig]:
             val_size=p.val_size, split_seed=p.split_seed, schedule=schedule, optim=asdict(p.optim[ds]),
             vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
             memory_cap_gib=p.memory_cap_gib, data_root=str(p.data_root), device=p.device, threads=p.threads,
-            pin_memory=p.pin_memory, prefetch_batches=p.prefetch_batches, mixed_precision=p.mixed_precision)
+            pin_memory=p.pin_memory, prefetch_batches=p.prefetch_batches, mixed_precision=p.mixed_precision,
+            data_sha256=(data or {}).get(f"{ds}-train"))
     return out
 
 
-def eval_configs(p: Params) -> dict[str, EvalConfig]:
+def eval_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> dict[str, EvalConfig]:
     s = p.scale_config
     return {rid: EvalConfig(
         run_id=rid, train_id=run.train_id, scale=p.scale, method=run.method, model=run.model, dataset=run.dataset,
@@ -134,4 +140,5 @@ def eval_configs(p: Params) -> dict[str, EvalConfig]:
                 "attacks": resolve_attack_params(p.attacks, s.table1_attack_overrides, run.dataset)}
         if rid in p.tables.get("table1", []) else None,
         checkpoint=run.checkpoint, data_root=str(p.data_root),
-        device=p.device, threads=p.threads, mixed_precision=p.mixed_precision) for rid, run in p.runs.items()}
+        device=p.device, threads=p.threads, mixed_precision=p.mixed_precision,
+        data_sha256=(data or {}).get(f"{run.dataset}-test")) for rid, run in p.runs.items()}

@@ -1,7 +1,10 @@
 """Stage: one of the paper's figures, as a PNG plus the JSON data behind it (DVC tracks both).
 
-``python -m pipeline.stages.figures --figure fig4 --config results/<scale>/config/figures.json
+``python -m pipeline.stages.figures --figure fig4 --config results/<scale>/config/figures/figures-<hash>.json
 --results results/<scale> --out reports/<scale>/figures``
+
+The figures config names the config file of every run a figure reads (``configs``); the data files a figure reads
+are checked against those configs' ``data_sha256`` first.  Each ``<fig>.json`` records the figures config's name.
 
 - ``fig2``: losses (cross-entropy at the returned point) found by PGD, CW and the interval attack from ``starts``
   random starts, for the first ``images`` correctly classified test images of the subset, on one trained model.
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from pipeline.attacks import get_attack
 from pipeline.bounds import verify
 from pipeline.data import NORMALIZATION, load_dataset, load_split, load_test_subset, subset_indices
+from pipeline.data.manifest import check_hashes
 from pipeline.figures import (fig4_data, fig5_data, fig7_data, per_sample_verified_loss, plot_fig2, plot_fig4,
                               plot_fig5, plot_fig7, plot_note)
 from pipeline.models import load_model
@@ -33,8 +37,19 @@ from pipeline.utils import atomic_write_json, resolve_device
 FIGURES = ("fig2", "fig4", "fig5", "fig7")
 
 
-def _eval_cfg(results: Path, rid: str) -> EvalConfig:
-    return EvalConfig.from_json((results / "config" / "eval" / f"{rid}.json").read_text())
+def _config_file(spec: dict, kind: str, name: str) -> Path:
+    """The config file of a run (``kind`` eval) or training (``kind`` train) that the figure's spec names."""
+    try:
+        return Path(spec["configs"][kind][name])
+    except KeyError:
+        raise KeyError(f"the figures config names no {kind} config for {name!r}") from None
+
+
+def _eval_cfg(spec: dict, rid: str) -> EvalConfig:
+    return EvalConfig.from_json(_config_file(spec, "eval", rid).read_text())
+
+
+
 
 
 def _model(results: Path, cfg: EvalConfig, device: torch.device) -> torch.nn.Module:
@@ -54,13 +69,14 @@ def _not_drawn(name: str, rid: str, out: Path) -> dict:
 
 
 def _test_images(cfg: EvalConfig, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    check_hashes(cfg.data_root, cfg.dataset, "test", cfg.data_sha256)  # DataError naming a changed file
     test = load_split(cfg.dataset, cfg.data_root, "test")
     idx = subset_indices(test, load_test_subset(cfg.dataset)[:n])
     return test.float_images(idx).to(device), test.y[idx].to(device)
 
 
 def fig2(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
-    cfg = _eval_cfg(results, spec["run"])
+    cfg = _eval_cfg(spec, spec["run"])
     if _out_of_memory(results, cfg):
         return _not_drawn("fig2", cfg.run_id, out)
     model = _model(results, cfg, device)
@@ -84,11 +100,12 @@ def fig2(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
 
 
 def fig4(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
-    ecfg = _eval_cfg(results, spec["run"])
+    ecfg = _eval_cfg(spec, spec["run"])
     if _out_of_memory(results, ecfg):
         return _not_drawn("fig4", ecfg.run_id, out)
-    tcfg = TrainConfig.from_json((results / "config" / "train" / f"{ecfg.train_id}.json").read_text())
+    tcfg = TrainConfig.from_json(_config_file(spec, "train", ecfg.train_id).read_text())
     model = _model(results, ecfg, device)
+    check_hashes(tcfg.data_root, tcfg.dataset, "train", tcfg.data_sha256)
     train = load_dataset(tcfg.dataset, tcfg.data_root).train
     idx, _ = training_indices(len(train), tcfg)
     if spec["population"] is not None:
@@ -103,7 +120,7 @@ def fig4(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
 def fig5(spec: dict, results: Path, out: Path, device: torch.device) -> dict:
     panels, skipped = {}, {}
     for rid in spec["runs"]:
-        cfg = _eval_cfg(results, rid)
+        cfg = _eval_cfg(spec, rid)
         if _out_of_memory(results, cfg):
             skipped[rid] = "out_of_memory"
             continue
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     make = {"fig2": fig2, "fig4": fig4, "fig5": fig5, "fig7": fig7}[args.figure]
     data = make(cfg[args.figure], args.results, args.out, device)
-    atomic_write_json(args.out / f"{args.figure}.json", {"scale": cfg["scale"], **data})
+    atomic_write_json(args.out / f"{args.figure}.json", {"scale": cfg["scale"], "config_file": args.config.name, **data})
     print(f"{args.figure} written to {args.out}", file=sys.stderr)
     return 0
 

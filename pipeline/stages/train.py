@@ -1,8 +1,11 @@
 """Stage: train one configuration of the grid, in its own process, under the memory cap.
 
-``python -m pipeline.stages.train --config results/<scale>/config/train/<id>.json --out results/<scale>/train/<id>``
-writes ``model.pt`` (the final ``state_dict``) and ``train.json`` (history, timings, provenance); both atomically,
-``train.json`` last.  Re-running after a kill resumes from the last epoch checkpoint of the same configuration.
+``python -m pipeline.stages.train --config results/<scale>/config/train/<id>-<hash>.json --out results/<scale>/train/<id>``
+writes ``model.pt`` (the final ``state_dict``) and ``train.json`` (history, timings, the config file's name, provenance
+with the sha256 of every data file read); both atomically, ``train.json`` last.  Re-running after a kill resumes from
+the last epoch checkpoint of the same configuration; temp files a killed write left behind are removed first.  The
+training files are checked against the config's ``data_sha256`` before anything else is done, and a difference stops
+the stage with an error naming the file.
 
 The training runs in a worker process (this module with ``--worker``) watched by
 :func:`pipeline.utils.memcap.run_capped`.
@@ -20,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.manifest import check_hashes
 from pipeline.runconfig import TrainConfig
 from pipeline.train import train
 from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, resolve_device, sha256_file
+from pipeline.utils.io import remove_stale_temp_files
 from pipeline.utils.provenance import record_code_version
 from pipeline.utils.memcap import OOM_EXIT, cap_cuda_memory, die_with_parent, run_capped
 
@@ -36,9 +41,10 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
 
 
-def worker(cfg: TrainConfig, out: Path) -> int:
+def worker(cfg: TrainConfig, config_path: Path, out: Path) -> int:
     die_with_parent()
     record_code_version()
+    data_sha256 = check_hashes(cfg.data_root, cfg.dataset, "train", cfg.data_sha256)
     device = resolve_device(cfg.device)
     cap_cuda_memory(device, _cap_bytes(cfg))
     try:
@@ -56,18 +62,23 @@ def worker(cfg: TrainConfig, out: Path) -> int:
     model_path = out / "model.pt"
     atomic_save_torch(model_path, result["model"].state_dict())
     atomic_write_json(out / "train.json", {
-        "train_id": cfg.train_id, "status": "ok", "method": cfg.method, "model": cfg.model, "eps": cfg.eps,
+        "train_id": cfg.train_id, "config_file": config_path.name, "status": "ok", "method": cfg.method,
+        "model": cfg.model, "eps": cfg.eps,
         "method_params": cfg.method_params, "history": result["history"],
         "batch_time_s": result["batch_time_s"], "train_time_s": result["train_time_s"], "steps": result["steps"],
         "batches_per_epoch": result["batches_per_epoch"], "train_images": result["train_images"],
         "peak_mem_mb": result["peak_mem_mb"], "peak_mem_kind": result["peak_mem_kind"],
         "memory_cap_gib": cfg.memory_cap_gib,
-        "provenance": provenance(result["device"], cfg.digest(), checkpoint_sha256=sha256_file(model_path)),
+        "provenance": provenance(result["device"], cfg.digest(), checkpoint_sha256=sha256_file(model_path),
+                                 data_sha256=data_sha256),
     })
     return 0
 
 
 def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
+    data_sha256 = check_hashes(cfg.data_root, cfg.dataset, "train", cfg.data_sha256)  # changed data stops here
+    for tmp in remove_stale_temp_files(out):
+        print(f"{cfg.train_id}: removed {tmp} (left by an interrupted write)", file=sys.stderr)
     cmd = [sys.executable, "-m", "pipeline.stages.train", "--config", str(config_path), "--out", str(out), "--worker"]
     res = run_capped(cmd, _cap_bytes(cfg) if resolve_device(cfg.device).type == "cpu" else None)
     if not res.out_of_memory:
@@ -83,10 +94,12 @@ def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
     model_path = out / "model.pt"
     atomic_save_torch(model_path, {})
     atomic_write_json(out / "train.json", {
-        "train_id": cfg.train_id, "status": "out_of_memory", "method": cfg.method, "model": cfg.model,
+        "train_id": cfg.train_id, "config_file": config_path.name, "status": "out_of_memory", "method": cfg.method,
+        "model": cfg.model,
         "eps": cfg.eps, "method_params": cfg.method_params, "peak_mem_mb": peak, "peak_mem_kind": kind,
         "memory_cap_gib": cfg.memory_cap_gib, "history": [], "batch_time_s": None, "train_time_s": None,
-        "provenance": provenance(resolve_device(cfg.device), cfg.digest(), checkpoint_sha256=None),
+        "provenance": provenance(resolve_device(cfg.device), cfg.digest(), checkpoint_sha256=None,
+                                 data_sha256=data_sha256),
     })
     return 0
 
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = TrainConfig.from_json(args.config.read_text())
     if args.worker:
-        return worker(cfg, args.out)
+        return worker(cfg, args.config, args.out)
     return supervise(cfg, args.config, args.out)
 
 

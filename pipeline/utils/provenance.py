@@ -54,7 +54,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def provenance(device: torch.device, params_digest: str, dtype: str = "float32",
-               checkpoint_sha256: str | None = None) -> dict[str, Any]:
+               checkpoint_sha256: str | None = None, data_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a result was computed with; ``data_sha256``: each dataset file the run read (path under the data root)
+    -> its sha256, so the tables can refuse to put rows computed on different data side by side."""
     return {
         "commit": git_commit(Path(__file__).resolve().parents[2]),
         "params_digest": params_digest,
@@ -65,4 +67,5 @@ def provenance(device: torch.device, params_digest: str, dtype: str = "float32",
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
         "dtype": dtype,
         "checkpoint_sha256": checkpoint_sha256,
+        "data_sha256": dict(sorted((data_sha256 or {}).items())),
     }
