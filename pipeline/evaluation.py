@@ -17,6 +17,7 @@ import torch
 from pipeline.attacks import Attack
 from pipeline.bounds import verify
 from pipeline.utils import wilson_interval
+from pipeline.utils.progress import progress
 
 __all__ = ["SampleResults", "AttackCost", "evaluate_model", "run_attacks", "equal_budget", "check_invariants",
            "summarize"]
@@ -44,15 +45,20 @@ class AttackCost:
 
 
 def run_attacks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: dict[str, Attack],
-                seed: int, chunk: int) -> tuple[dict[str, list[bool]], dict[str, AttackCost]]:
-    """Each attack on every sample, ``chunk`` at a time, from its own seeded generator (reproducible per attack)."""
+                seed: int, chunk: int, progress_label: str | None = None
+                ) -> tuple[dict[str, list[bool]], dict[str, AttackCost]]:
+    """Each attack on every sample, ``chunk`` at a time, from its own seeded generator (reproducible per attack);
+    with ``progress_label`` a bar with an ETA per attack."""
     broken: dict[str, list[bool]] = {}
     cost: dict[str, AttackCost] = {}
     for i, (name, attack) in enumerate(attacks.items()):
         gen = torch.Generator().manual_seed(seed + 1000 * (i + 1))
         ok: list[bool] = []
         passes, seconds = 0, 0.0
-        for start in range(0, len(x), chunk):
+        starts = range(0, len(x), chunk)
+        if progress_label is not None:
+            starts = progress(starts, desc=f"{progress_label} attack {name} ({len(x)} images)", unit="chunk")
+        for start in starts:
             res = attack(model, x[start:start + chunk], y[start:start + chunk], eps, generator=gen)
             ok += res.success.tolist()
             passes, seconds = passes + res.passes, seconds + res.seconds
@@ -125,15 +131,17 @@ def check_invariants(s: "SampleResults") -> None:
 def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: list[str], eps: float,
                    domains: list[str], dtype: torch.dtype, margin_tol: float, batch_size: int,
                    attacks: dict[str, Attack] | None = None, attack_seed: int = 0,
-                   attack_chunk: int = 256) -> SampleResults:
+                   attack_chunk: int = 256, progress_label: str | None = None) -> SampleResults:
     """Clean predictions, certification and attacks on every sample of ``x`` ``[N, C, H, W]`` (pixels) at ``eps``."""
     model.eval()
     with torch.no_grad():
         preds = torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
-    res = verify(model, x, y, eps, domains, dtype=dtype, margin_tol=margin_tol, batch_size=batch_size)
+    res = verify(model, x, y, eps, domains, dtype=dtype, margin_tol=margin_tol, batch_size=batch_size,
+                 progress_label=progress_label)
     out = SampleResults(ids, y.tolist(), preds.tolist(), res.verified, res.domain, res.min_margin_lb)
     if attacks:
-        out.broken_by, out.attack_cost = run_attacks(model, x, y, eps, attacks, attack_seed, attack_chunk)
+        out.broken_by, out.attack_cost = run_attacks(model, x, y, eps, attacks, attack_seed, attack_chunk,
+                                                     progress_label)
     check_invariants(out)
     return out
 

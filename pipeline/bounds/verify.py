@@ -25,6 +25,7 @@ from torch import nn
 from pipeline.bounds.base import Domain, get_domain
 from pipeline.bounds.graph import fold_spec, propagate, to_ops
 from pipeline.bounds.rounding import margin_rounding_bounds
+from pipeline.utils.progress import progress
 
 __all__ = ["input_box", "margin_spec", "bound_margins", "margin_lower_bounds", "verified_loss", "VerifyResult",
            "verify"]
@@ -124,7 +125,7 @@ def _exact_kernels(device: torch.device):
 @torch.no_grad()
 def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, domains: list[str],
            dtype: torch.dtype = torch.float64, margin_tol: float = 1e-4, batch_size: int = 64,
-           rounding_guard: bool = True) -> VerifyResult:
+           rounding_guard: bool = True, progress_label: str | None = None) -> VerifyResult:
     """Certify each sample: every margin must have a sound lower bound above ``margin_tol``.
 
     Each domain's lower bound ``lb_d`` is corrected by its own rounding-error bound ``E_d``
@@ -162,7 +163,11 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, domai
                     rounding[:, idx] = torch.stack(margin_rounding_bounds(model, x[idx], y[idx], eps, classes, dtype))
             for k, (name, cls) in enumerate(zip(domains, classes)):
                 todo = (correct & ~verified).nonzero().flatten()
-                for start in range(0, len(todo), batch_size):
+                starts = range(0, len(todo), batch_size)
+                if progress_label is not None:  # a bar with an ETA per domain, for logs of long evaluations
+                    starts = progress(starts, desc=f"{progress_label} verify {name} ({len(todo)} open)",
+                                      unit="batch")
+                for start in starts:
                     idx = todo[start:start + batch_size]
                     lb = margin_lower_bounds(model, x[idx], y[idx], eps, cls, dtype).double()
                     # a non-finite bound proves nothing (an overflow to +inf included)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, cfg.verify["dtype"])
     samples = evaluate_model(model, x, y, ids, cfg.eps, cfg.vra_domains, dtype, cfg.verify["margin_tol"],
                              cfg.verify["batch_size"], attacks=attacks, attack_seed=cfg.attack_seed,
-                             attack_chunk=cfg.attack_chunk)
+                             attack_chunk=cfg.attack_chunk, progress_label=cfg.run_id)
     table1 = None
     if cfg.table1 is not None:
         n1 = cfg.table1["images"] or len(x)
