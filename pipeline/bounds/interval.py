@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.bounds.base import Domain, Parts, RowDomain, register_domain
 
@@ -29,6 +30,27 @@ class IntervalDomain(RowDomain):
 
     def with_parts(self, parts: Parts, op: Callable[[Domain], Domain]) -> "IntervalDomain":
         return IntervalDomain(parts[0][:, 0], parts[2][:, 0])
+
+    def _centre_radius(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.lerp(self.lo, self.hi, 0.5), (self.hi - self.lo).mul_(0.5)
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "IntervalDomain":
+        """The centre/radius form with the bias inside the product (fewest passes over the batch)."""
+        mid, rad = self._centre_radius()
+        if weight.dim() == 2:
+            m, r = F.linear(mid, weight, bias), F.linear(rad, weight.abs())
+        else:  # a per-sample weight [B, out, in] (a folded specification)
+            m = torch.bmm(weight, mid[:, :, None])[:, :, 0]
+            r = torch.bmm(weight.abs(), rad[:, :, None])[:, :, 0]
+            m = m if bias is None else m + bias
+        return IntervalDomain(m - r, m + r)
+
+    def conv(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+             padding: tuple[int, int]) -> "IntervalDomain":
+        mid, rad = self._centre_radius()
+        m = F.conv2d(mid, weight, bias, stride, padding)
+        r = F.conv2d(rad, weight.abs(), None, stride, padding)
+        return IntervalDomain(m - r, m + r)
 
     def affine(self, scale: torch.Tensor, shift: torch.Tensor) -> "IntervalDomain":
         """Elementwise ``x * scale + shift``: a non-negative scale (input normalisation) keeps the ends in order,
