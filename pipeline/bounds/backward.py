@@ -55,6 +55,11 @@ def _flat_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).sum(-1)
 
 
+def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_i a[b, m, i] v[b, i]`` ``[B, m]`` for ``a`` ``[B, m, *shape]`` and ``v`` ``[B, *shape]``."""
+    return torch.bmm(a.flatten(2), v.flatten(1)[:, :, None])[:, :, 0]
+
+
 def lower_bound(node: _Node, a: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Sound lower bound ``[B, m]`` of ``a @ node`` over the input box; ``a`` is ``[B, m, *node.shape]``."""
     pending: dict[_Node, torch.Tensor] = {node: a}
@@ -173,10 +178,16 @@ class BackwardDomain(Domain):
             box = box.tighten(lo, hi)
         line = self.relax(lo, hi)
 
+        lower_bias = bool(line.lower_bias.detach().ne(0).any())  # 0 for every relaxation here; kept general
+
         def back(a: torch.Tensor):
-            pos, neg = a.clamp_min(0), a.clamp_max(0)
-            a_in = pos * line.lower_slope[:, None] + neg * line.upper_slope[:, None]
-            return [a_in], _flat_sum(pos * line.lower_bias[:, None] + neg * line.upper_bias[:, None])
+            # the lower line where a >= 0, the upper one where a < 0; the intercepts as batched dot products
+            # (no [B, m, *shape] temporaries for them)
+            a_in = a * torch.where(a >= 0, line.lower_slope[:, None], line.upper_slope[:, None])
+            const = _dot(a.clamp_max(0), line.upper_bias)
+            if lower_bias:
+                const = const + _dot(a.clamp_min(0), line.lower_bias)
+            return [a_in], const
         return self._child(self.node.shape, back, box.relu(), nonlinear=True)
 
     def concretize(self) -> tuple[torch.Tensor, torch.Tensor]:
