@@ -26,9 +26,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # unless PYTHONPATH n
 
 from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.bounds import bound_margins  # noqa: E402
-from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices  # noqa: E402
 from pipeline.evaluation import run_attacks  # noqa: E402
-from pipeline.models import load_model  # noqa: E402
+from table1_interval import load_case  # noqa: E402  (same directory)
 
 
 def scale_params(params_path: Path, scale: str) -> dict[str, dict]:
@@ -54,14 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--safe-boxes", default="")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    norm = NORMALIZATION["mnist"]
-    model = load_model(args.model_name, args.model, norm.mean, norm.std).eval()
-    test = load_split("mnist", "/work/shared/data", "test")
-    ids = load_test_subset("mnist")[: args.images]
-    idx = subset_indices(test, ids)
-    x, y = test.float_images(idx), test.y[idx]
+    model, x, y = load_case(args.model_name, args.model, args.images, args.data_root)
     with torch.no_grad():
         logits = model(x)
     correct = (logits.argmax(1) == y)

@@ -45,6 +45,15 @@ VARIANTS = {"paper": {}, "cpu": {"iterations": 2, "max_delta_tries": 4},
             "authors-schedule": {"pgd_between": True}, "vertex": {"step_size": "eps"}}
 
 
+def load_case(model_name: str, model_path: Path, images: int, data_root: Path):
+    """``(model in eval mode, x, y)``: an MNIST model and the first ``images`` of the committed test subset."""
+    norm = NORMALIZATION["mnist"]
+    model = load_model(model_name, model_path, norm.mean, norm.std).eval()
+    test = load_split("mnist", data_root, "test")
+    idx = subset_indices(test, load_test_subset("mnist")[:images])
+    return model, test.float_images(idx), test.y[idx]
+
+
 def mnist_params(name: str, params_path: Path) -> dict:
     import yaml
     raw = yaml.safe_load(params_path.read_text())["attacks"][name]
@@ -97,15 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-budget", type=int, help="stop PGD/CW there (CPU time); a variant whose budget is larger "
                     "gets their success at this budget, marked '>=' (a lower bound: more passes never break fewer)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    norm = NORMALIZATION["mnist"]
-    model = load_model(args.model_name, args.model, norm.mean, norm.std).eval()
-    test = load_split("mnist", "/work/shared/data", "test")
-    ids = load_test_subset("mnist")[: args.images]
-    idx = subset_indices(test, ids)
-    x, y = test.float_images(idx), test.y[idx]
+    model, x, y = load_case(args.model_name, args.model, args.images, args.data_root)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     n_correct = int(correct.sum())
