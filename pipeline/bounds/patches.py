@@ -160,7 +160,7 @@ class PatchCoef:
             index = _window_index(self.in_shape[0], (ph, pw), (kh, kw), (th, tw), new_patch).to(mixed.device)
             placed = _place(mixed, index,
                             self.in_shape[0] * new_patch[0] * new_patch[1])
-        data = placed.view(-1, b, o, h2, w2).permute(1, 2, 3, 4, 0)
+        data = placed.view(-1, b, o, h2, w2).permute(1, 2, 3, 4, 0).contiguous()  # window entries innermost
         return PatchCoef(data, new_patch, (th * stride[0], tw * stride[1]),
                          (self.offset[0] - padding[0] * th, self.offset[1] - padding[1] * tw), self.in_shape)
 
