@@ -31,6 +31,8 @@ class SampleResults:
     verified: list[bool]
     verified_by: list[str | None]
     min_margin_lb: list[float]
+    # what min_margin_lb had to exceed: margin_tol + the sample's rounding-error deduction (pipeline.bounds.verify)
+    verify_threshold: list[float | None] = field(default_factory=list)
     broken_by: dict[str, list[bool]] = field(default_factory=dict)  # attack -> per-sample re-checked success
     attack_cost: dict[str, "AttackCost"] = field(default_factory=dict)
 
@@ -138,7 +140,8 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids
         preds = torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
     res = verify(model, x, y, eps, domains, dtype=dtype, margin_tol=margin_tol, batch_size=batch_size,
                  progress_label=progress_label)
-    out = SampleResults(ids, y.tolist(), preds.tolist(), res.verified, res.domain, res.min_margin_lb)
+    out = SampleResults(ids, y.tolist(), preds.tolist(), res.verified, res.domain, res.min_margin_lb,
+                        res.threshold)
     if attacks:
         out.broken_by, out.attack_cost = run_attacks(model, x, y, eps, attacks, attack_seed, attack_chunk,
                                                      progress_label)

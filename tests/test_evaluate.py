@@ -65,6 +65,10 @@ def test_external_checkpoint_is_attacked_and_verified_by_the_same_code(tmp_path)
     assert lo <= m["acc"] <= hi
     for v, d, p, t in zip(s["verified"], s["verified_by"], s["predictions"], s["labels"]):
         assert (d is not None) == v and (not v or p == t)
+    # each correctly classified sample records the threshold its bound had to beat (margin_tol + rounding bound)
+    for p, t, lb, thr in zip(s["predictions"], s["labels"], s["min_margin_lb"], s["verify_threshold"]):
+        assert (thr is None) == (p != t)
+        assert thr is None or thr >= m["verify"]["margin_tol"]
     assert m["provenance"]["checkpoint_sha256"] and m["provenance"]["torch"] == torch.__version__
     assert s["ids"] == json.loads((evaluate.Path(evaluate.__file__).parents[1] / "data/subsets/mnist_test.json")
                                   .read_text())["ids"][:12]
