@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import pipeline.bounds.symbolic as symbolic
-from pipeline.bounds import bound_margins
+from pipeline.bounds import bound_margins, margin_lower_bounds
 from pipeline.bounds.patches import PatchCoef
 from pipeline.models import build_model
 from bound_helpers import NET_KINDS, make_case
@@ -116,3 +116,43 @@ def test_margin_lower_bounds_equal_bound_margins(kind):
         low = margin_lower_bounds(case.model, case.x, case.y, case.eps, domain, torch.float64)
         assert torch.allclose(low, full, rtol=1e-12, atol=1e-12), domain
         assert torch.all(low[torch.arange(3), case.y] == 0)
+
+
+def _box_case(net: torch.nn.Module, shape: tuple[int, int, int], batch: int, seed: int):
+    from pipeline.models.zoo import CertifiedNet
+    torch.manual_seed(seed)
+    model = CertifiedNet(net, [0.0] * shape[0], [1.0] * shape[0], "synthetic").eval()
+    x = torch.rand(batch, *shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 9])
+def test_single_neuron_flatten_then_relu_keeps_samples_apart(batch, monkeypatch):
+    """A 1-neuron layer flattened and then a ReLU: the per-sample slopes must not broadcast across the batch
+    (found in review: they did, giving wrong bounds or a crash depending on the batch size)."""
+    from torch import nn
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, 2), nn.Flatten(), nn.ReLU(), nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 10))
+    model, x, y = _box_case(net, (1, 4, 4), batch, 4)
+    for domain in ["symbolic_linear", "symbolic_interval", "backward"]:
+        window = margin_lower_bounds(model, x, y, 0.05, domain, torch.float64)
+        with monkeypatch.context() as m:
+            _dense_input(m)
+            dense = margin_lower_bounds(model, x, y, 0.05, domain, torch.float64)
+        assert torch.allclose(window, dense, rtol=1e-12, atol=1e-12), domain
+
+
+def test_strided_one_by_one_conv_then_larger_kernel(monkeypatch):
+    """A 1x1 convolution with stride 2 keeps single-pixel windows but a stride of 2; the next kernel's windows must
+    be placed at that stride (found in review: the no-placement shortcut assumed stride 1)."""
+    from torch import nn
+    net = nn.Sequential(nn.Conv2d(2, 3, 1, 2), nn.ReLU(), nn.Conv2d(3, 3, 3, 1, 1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(3 * 4 * 4, 10))
+    model, x, y = _box_case(net, (2, 8, 8), 2, 1)
+    for domain in ["symbolic_linear", "backward"]:
+        window = margin_lower_bounds(model, x, y, 0.05, domain, torch.float64)
+        with monkeypatch.context() as m:
+            _dense_input(m)
+            dense = margin_lower_bounds(model, x, y, 0.05, domain, torch.float64)
+        assert torch.allclose(window, dense, rtol=1e-12, atol=1e-12), domain

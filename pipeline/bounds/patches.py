@@ -78,8 +78,8 @@ class PatchCoef:
     # ------------------------------------------------------------------------------------------------- arithmetic
     def _per_neuron(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (broadcastable to ``[B, *neuron_shape]``) as a factor of ``data``."""
-        if self.flat and t.dim() >= 1 and t.shape[-1] != 1:
-            t = t.reshape(*t.shape[:-1], *self.grid)
+        if self.flat and t.dim() >= 1:  # the last dim indexes the flattened neurons (or broadcasts over them)
+            t = t.reshape(*t.shape[:-1], *(self.grid if t.shape[-1] == math.prod(self.grid) else (1, 1, 1)))
         return t.unsqueeze(-1)
 
     def __mul__(self, t: torch.Tensor | float) -> "PatchCoef":
@@ -154,7 +154,7 @@ class PatchCoef:
         mixed = torch.einsum("bchwqij,ocij->qijbohw", cols, weight).reshape(q * kh * kw, b * o * h2 * w2)
         (ph, pw), (th, tw) = self.patch, self.stride
         new_patch = (ph + (kh - 1) * th, pw + (kw - 1) * tw)
-        if (ph, pw) == (1, 1):  # single-pixel windows: entries (c0, i, j) are the new window's, no placement
+        if new_patch == (kh, kw):  # single-pixel windows, unit stride so far: (c0, i, j) is the new window's entry
             placed = mixed
         else:
             index = _window_index(self.in_shape[0], (ph, pw), (kh, kw), (th, tw), new_patch).to(mixed.device)

@@ -59,7 +59,8 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                         domain: str | type[Domain], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The ``lb`` of :func:`bound_margins` alone, ``[B, 10]`` (entry ``y`` is 0), for less work: only the nine
     margins ``z_y - z_j``, ``j != y``, are propagated (the spec row ``y`` is zero), and domains whose upper bound
-    costs extra (the backward ones: a second set of rows) skip it.  The same numbers as ``bound_margins(...)[0]``.
+    costs extra (the backward ones: a second set of rows) skip it.  The same bound as
+    ``bound_margins(...)[0]`` (products of other shapes may round differently, ~1e-17 in float64).
     """
     cls = get_domain(domain) if isinstance(domain, str) else domain
     n = 10
