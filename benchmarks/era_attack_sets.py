@@ -27,40 +27,22 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # unless PYTHONPATH n
 from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.bounds import bound_margins  # noqa: E402
 from pipeline.evaluation import run_attacks  # noqa: E402
-from table1_interval import load_case  # noqa: E402  (same directory)
-
-
-def scale_params(params_path: Path, scale: str) -> dict[str, dict]:
-    import yaml
-    raw = yaml.safe_load(params_path.read_text())
-    over = raw["scales"][scale].get("attack_overrides") or {}
-    out = {}
-    for name in ("pgd", "cw", "interval"):
-        kw = {**raw["attacks"][name], **over.get(name, {})}
-        out[name] = {k: (v["mnist"] if isinstance(v, dict) else v) for k, v in kw.items()}
-    return out
+from table1_interval import add_case_arguments, attack_params, load_case  # noqa: E402  (same directory)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--model-name", default="MNIST_Small")
-    ap.add_argument("--eps", type=float, default=0.3)
-    ap.add_argument("--images", type=int, default=256)
+    add_case_arguments(ap, "MNIST_Small", 256)
     ap.add_argument("--scale", default="cpu")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--extra", default="")
     ap.add_argument("--safe-boxes", default="")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, x, y = load_case(args.model_name, args.model, args.images, args.data_root)
     with torch.no_grad():
         logits = model(x)
     correct = (logits.argmax(1) == y)
-    params = scale_params(args.params, args.scale)
+    params = attack_params(args.params, args.scale)
     attacks = {name: get_attack(name)(**kw) for name, kw in params.items()}
     broken, cost = run_attacks(model, x, y, args.eps, attacks, seed=0, chunk=256)
     extras = [e for e in args.extra.split(",") if e]

@@ -37,6 +37,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.evalparams import resolve_attack_params  # noqa: E402
 from pipeline.evaluation import equal_budget  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.utils import wilson_interval  # noqa: E402
@@ -54,10 +56,24 @@ def load_case(model_name: str, model_path: Path, images: int, data_root: Path):
     return model, test.float_images(idx), test.y[idx]
 
 
-def mnist_params(name: str, params_path: Path) -> dict:
-    import yaml
-    raw = yaml.safe_load(params_path.read_text())["attacks"][name]
-    return {k: (v["mnist"] if isinstance(v, dict) else v) for k, v in raw.items()}
+def attack_params(params_path: Path, scale: str | None = None) -> dict[str, dict]:
+    """Each attack's MNIST constructor arguments from params.yaml (read and validated by the pipeline's own loader),
+    with ``scale``'s ERA overrides applied if given."""
+    p = load_params(params_path)
+    return resolve_attack_params(p.attacks, p.scales[scale].attack_overrides if scale else {}, "mnist")
+
+
+def add_case_arguments(ap: argparse.ArgumentParser, model_name: str, images: int) -> None:
+    """The options every interval-attack benchmark shares: the model, ε, test images, params.yaml, threads,
+    output and data root."""
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--model-name", default=model_name)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--images", type=int, default=images)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def restart_record(model, x, y, eps, attack, correct, seed, max_budget):
@@ -93,20 +109,13 @@ def at_budget(record, budget):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--model-name", default="MNIST_FC1")
-    ap.add_argument("--eps", type=float, default=0.3)
-    ap.add_argument("--images", type=int, default=100)
+    add_case_arguments(ap, "MNIST_FC1", 100)
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--variant-json", action="append", default=[], help='NAME=JSON of constructor arguments')
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check-equal-budget", action="store_true")
     ap.add_argument("--max-budget", type=int, help="stop PGD/CW there (CPU time); a variant whose budget is larger "
                     "gets their success at this budget, marked '>=' (a lower bound: more passes never break fewer)")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -115,7 +124,8 @@ def main(argv=None) -> int:
         correct = model(x).argmax(1) == y
     n_correct = int(correct.sum())
 
-    base = mnist_params("interval", args.params)
+    params = attack_params(args.params)
+    base = params["interval"]
     variants: dict[str, dict] = {}
     for v in args.variant or ["paper"]:
         kw = {**base, **VARIANTS[v]}
@@ -138,7 +148,7 @@ def main(argv=None) -> int:
         max_budget = min(max_budget, args.max_budget)
     records = {}
     for i, name in enumerate(("pgd", "cw")):
-        attack = get_attack(name)(**mnist_params(name, args.params))
+        attack = get_attack(name)(**params[name])
         records[name] = restart_record(model, x, y, args.eps, attack, correct, args.seed + 7000 + i + 1, max_budget)
         last = records[name][-1]
         print(f"{name}: {last[1]}/{n_correct} broken after {last[3]} runs, {last[0]:.0f} passes, {last[2]:.0f} s",
@@ -169,8 +179,8 @@ def main(argv=None) -> int:
     if args.check_equal_budget:
         name = next(iter(variants))
         attacks = {"interval": get_attack("interval")(**variants[name]),
-                   "pgd": get_attack("pgd")(**mnist_params("pgd", args.params)),
-                   "cw": get_attack("cw")(**mnist_params("cw", args.params))}
+                   "pgd": get_attack("pgd")(**params["pgd"]),
+                   "cw": get_attack("cw")(**params["cw"])}
         t0 = time.perf_counter()
         eb = equal_budget(model, x, y, args.eps, attacks, None, args.seed)
         got = {a: (eb["attacks"][a]["success"], eb["attacks"][a]["runs"]) for a in attacks}
