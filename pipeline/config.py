@@ -7,7 +7,7 @@ the key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,32 @@ def _runs(raw: Any, methods: dict, models: dict, root: Path, ck_dirs: tuple[Path
     return out
 
 
+def _scale_subset(sc: ScaleConfig, scale: str, runs: dict[str, RunSpec], tables: dict[str, list[str]],
+                  figures: FigureSettings) -> tuple[dict[str, RunSpec], dict[str, list[str]], FigureSettings]:
+    """The grid a scale builds: its ``runs`` list (null = all), each table keeping the rows of those runs and each
+    figure kept only when all its runs are built; ``schedule_overrides`` keys checked against methods and runs."""
+    where = f"scales.{scale}"
+    for key in (sc.schedule_overrides or {}):
+        if key not in runs and key not in {r.method for r in runs.values()}:
+            raise ConfigError(f"{where}.schedule_overrides.{key}: expected a method of the grid or a run id defined "
+                              "under 'runs'")
+        if key in runs and runs[key].method in EPS_FREE_METHODS:
+            raise ConfigError(f"{where}.schedule_overrides.{key}: {runs[key].method} trains one model for every ε "
+                              f"row; override its schedule under the method name {runs[key].method!r}")
+    if sc.runs is None:
+        return runs, tables, figures
+    unknown = [r for r in sc.runs if r not in runs]
+    if unknown:
+        raise ConfigError(f"{where}.runs: {unknown} not defined under 'runs'")
+    keep = {rid: runs[rid] for rid in runs if rid in set(sc.runs)}
+    fig_runs = {"fig2": lambda f: [f["run"]], "fig4": lambda f: [f["run"]],
+                "fig5": lambda f: f["smoke_runs"] if scale == "smoke" else f["runs"], "fig7": lambda f: f,
+                "fig_wallclock": lambda f: f["runs"]}
+    kept = {name: (getattr(figures, name) if all(r in keep for r in fig_runs[name](getattr(figures, name))) else None)
+            for name in figures.names()}
+    return keep, {t: [r for r in rows if r in keep] for t, rows in tables.items()}, replace(FigureSettings(), **kept)
+
+
 def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     """Validate a params mapping (as loaded from params.yaml, with overrides applied)."""
     if not isinstance(raw, dict):
@@ -321,6 +347,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         for r in rows:
             if r not in runs:
                 raise ConfigError(f"tables.{t}: run {r!r} is not defined under 'runs'")
+    runs, tables, figures = _scale_subset(scales[scale], scale, runs, tables, parse_figures(raw.get("figures"), runs))
     return Params(
         root=root, scale=scale, data_root=data_root.resolve(),
         seed=_num(_req(raw, "seed", "params"), "seed", lo=0, hi=2**32 - 1, integer=True),
@@ -334,7 +361,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
         scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
         cluster=parse_cluster(_req(raw, "cluster", "params")), attacks=attacks,
-        table1=parse_table1(_req(raw, "table1", "params")), figures=parse_figures(raw.get("figures"), runs))
+        table1=parse_table1(_req(raw, "table1", "params")), figures=figures)
 
 
 def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

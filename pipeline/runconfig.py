@@ -109,11 +109,18 @@ def train_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> d
     """One config per distinct training of the grid (ε-free methods share one model across ε rows); ``data``:
     ``"<dataset>-<split>"`` -> that split's file hashes, carried into the configs (``data_sha256``)."""
     out: dict[str, TrainConfig] = {}
-    schedule = asdict(p.scale_config)
-    schedule.pop("time_budget_s")  # a reporting budget (Table V), not a training parameter
+    base = asdict(p.scale_config)
+    for key in ("time_budget_s", "runs", "schedule_overrides"):  # a reporting budget (Table V) and the grid's shape
+        base.pop(key)
+    overrides = p.scale_config.schedule_overrides or {}
     for run in p.runs.values():
         if run.method == EXTERNAL:
             continue
+        # the scale's schedule, then the run's method's overrides, then the run's own (time_limit_min is carried
+        # only when set, so configs without one keep their digests)
+        schedule = {**base, **overrides.get(run.method, {}), **overrides.get(run.run_id, {})}
+        if schedule.get("time_limit_min", 0) is None:
+            schedule.pop("time_limit_min")
         ds = run.dataset
         eps = 0.0 if run.method in EPS_FREE_METHODS else run.eps
         out[run.train_id] = TrainConfig(

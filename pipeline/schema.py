@@ -4,7 +4,7 @@ errors with line and column).  Torch-free."""
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def _num(v: Any, where: str, lo: float | None = None, hi: float | None = None, i
 
 
 def _dc(cls: type, d: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``d``: every field required, no unknown keys, types checked, numbers in the
+    """Build dataclass ``cls`` from mapping ``d``: every field without a default required, no unknown keys, types checked, numbers in the
     ranges of ``cls.RANGES`` (field -> ``(lo, hi, bounds)``; default: ``>= 0``), then ``cls.check(obj, where)`` if
     the class defines it (checks across fields), all naming ``where.<field>``."""
     ranges = getattr(cls, "RANGES", {})
@@ -99,6 +99,9 @@ def _dc(cls: type, d: Any, where: str) -> Any:
     _check_keys(d, names, where)
     kwargs = {}
     for f in fields(cls):
+        if f.name not in d and f.default is not MISSING:  # optional field (one with a default) left out
+            kwargs[f.name] = f.default
+            continue
         v = _req(d, f.name, where)
         t = str(f.type)
         if "bool" in t:

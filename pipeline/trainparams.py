@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.errors import ConfigError
-from pipeline.schema import _dc
+from pipeline.schema import _check_keys, _dc, _num
 
-__all__ = ["ScaleConfig", "OptimConfig", "VerifyConfig", "TRAIN_SET_SIZES", "TEST_SUBSET_SIZE", "check_val_size"]
+__all__ = ["ScaleConfig", "SCHEDULE_OVERRIDE_KEYS", "check_schedule_override", "OptimConfig", "VerifyConfig", "TRAIN_SET_SIZES", "TEST_SUBSET_SIZE", "check_val_size"]
 
 #: images in each dataset's official training set (MNIST 60,000; CIFAR-10 50,000), before the validation split
 TRAIN_SET_SIZES = {"mnist": 60000, "cifar10": 50000}
@@ -38,6 +38,10 @@ class ScaleConfig:
     attack_overrides: dict  # attack -> {hyperparameter: value} replacing params.yaml `attacks` at this scale (ERA)
     table1_attack_overrides: dict  # the same for Table I's equal-budget comparison
     table1_max_runs: int | None  # Table I: at most this many runs per attack (null = until the budget is spent)
+    runs: list | None = None     # the run ids this scale builds (null = every run of the grid); tables keep their rows
+    #: method name or run id -> {epochs, batches_per_epoch, eps_ramp_epochs, lr_decay_every, time_limit_min}
+    #: replacing this scale's schedule for that method's runs (a run id's entry wins over its method's)
+    schedule_overrides: dict | None = None
 
     RANGES: ClassVar[dict[str, tuple[Any, Any, str]]] = {
         "epochs": (1, 100000, "[]"), "batch_size": (1, 100000, "[]"), "train_limit": _ANY,
@@ -47,6 +51,15 @@ class ScaleConfig:
         "figure_images": _ANY, "table1_max_runs": _ANY}
 
     def check(self, where: str) -> None:
+        if self.runs is not None and (not isinstance(self.runs, list) or not self.runs
+                                      or not all(isinstance(r, str) for r in self.runs)):
+            raise ConfigError(f"{where}.runs: expected null or a non-empty list of run ids, got {self.runs!r}")
+        if self.schedule_overrides is not None:
+            if not isinstance(self.schedule_overrides, dict):
+                raise ConfigError(f"{where}.schedule_overrides: expected a mapping of method name or run id -> "
+                                  f"schedule values, got {self.schedule_overrides!r}")
+            for key, o in self.schedule_overrides.items():
+                check_schedule_override(o, f"{where}.schedule_overrides.{key}")
         if self.val_vra_images > self.val_limit:
             raise ConfigError(f"{where}.val_vra_images: {self.val_vra_images} exceeds val_limit {self.val_limit} "
                               "(the validation images scored per epoch)")
@@ -82,6 +95,25 @@ class VerifyConfig:
     def check(self, where: str) -> None:
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"{where}.dtype: expected float32 or float64, got {self.dtype!r}")
+
+
+#: schedule keys a scale may override per method or run (scales.<name>.schedule_overrides), with their ranges
+SCHEDULE_OVERRIDE_KEYS = {"epochs": (1, 100000, False), "batches_per_epoch": (1, None, True),
+                          "eps_ramp_epochs": (0, 100000, False), "lr_decay_every": (1, None, True),
+                          "time_limit_min": (0, None, True)}
+
+
+def check_schedule_override(o: Any, where: str) -> None:
+    """One ``schedule_overrides`` entry: a mapping of some of :data:`SCHEDULE_OVERRIDE_KEYS` to numbers in range
+    (``time_limit_min``: minutes of training wall time after which the trainer stops, keeping the last weights)."""
+    if not isinstance(o, dict) or not o:
+        raise ConfigError(f"{where}: expected a non-empty mapping with some of {sorted(SCHEDULE_OVERRIDE_KEYS)}, "
+                          f"got {o!r}")
+    _check_keys(o, set(SCHEDULE_OVERRIDE_KEYS), where)
+    for key, v in o.items():
+        lo, hi, nullable = SCHEDULE_OVERRIDE_KEYS[key]
+        _num(v, f"{where}.{key}", lo=lo, hi=hi, integer=key != "time_limit_min", allow_none=nullable,
+             bounds="(]" if key == "time_limit_min" else "[]")
 
 
 def parse_scales(raw: Any) -> dict[str, ScaleConfig]:

@@ -34,7 +34,8 @@ __all__ = ["TABLES", "PAPER_TABLES", "PAPER_COLUMNS", "DataMismatchError", "rend
 
 NOT_IMPLEMENTED = "n/a (method not yet implemented)"
 NO_ATTACK = "n/a (not measured)"
-METHOD_NAMES = {"natural": "Baseline", "madry": "Madry", "sinha": "Sinha", "mixtrain": "MixTrain", "wong": "Wong",
+METHOD_NAMES = {"natural": "Baseline", "madry": "Madry", "sinha": "Sinha", "mixtrain": "MixTrain",
+                "mixtrain_plus": "MixTrain+ (this project's method, not the paper's)", "wong": "Wong",
                 "diffai": "DIFFAI", "external": "External"}
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR"}
 
@@ -158,23 +159,34 @@ def _schedule_text(t: dict) -> str:
            f"ε ramped from {t['eps_start']:g} over {_plural(t['eps_ramp_epochs'], 'epoch')}")
     return (f"{_plural(t['epochs'], 'epoch')} × batch {t['batch_size']}{per_epoch} · "
             f"{OPTIMIZER_NAMES.get(t['optimizer'], t['optimizer'])} lr {t['lr']:g}, "
-            f"×{t['lr_decay_factor']:g} every {_plural(t['lr_decay_every'], 'epoch')} · {eps}")
+            f"×{t['lr_decay_factor']:g} every {_plural(t['lr_decay_every'], 'epoch')} · {eps}"
+            + (f" · stopped at {t['time_limit_min']:g} min of training wall time (last weights kept)"
+               if t.get("time_limit_min") is not None else ""))
 
 
 def schedule_section(rows: list[str], cfg: dict) -> str:
     """Epochs, ε ramp and learning-rate decay per method, as the runs' train configs have them (params.yaml's
     ``scales.<scale>`` and ``optim``); grouped where methods share one.  Empty if the config does not carry them."""
-    groups: dict[str, list[str]] = {}
+    keyed: list[tuple[str, str, str]] = []  # (group text, label, label with ε)
     for rid in rows:
         run = cfg["runs"][rid]
         t = run.get("train")
         if not t:
             continue
         dataset = DATASET_NAMES.get(run["dataset"], run["dataset"])
-        labels = groups.setdefault(f"{dataset} — " + "{}" + f": {_schedule_text(t)}", [])
-        label = METHOD_NAMES.get(run["method"], run["method"])
-        if label not in labels:
-            labels.append(label)
+        label = METHOD_NAMES.get(run["method"], run["method"]).split(" (")[0] + "".join(
+            f" {k}={v}" for k, v in sorted((run.get("overrides") or {}).items()))
+        keyed.append((f"{dataset} — " + "{}" + f": {_schedule_text(t)}", label, f"{label} ε={run['eps_text']}"))
+    # a label whose runs have different schedules (a per-run schedule override) is told apart by its ε
+    texts: dict[str, set[str]] = {}
+    for text, label, _ in keyed:
+        texts.setdefault(label, set()).add(text)
+    groups: dict[str, list[str]] = {}
+    for text, label, with_eps in keyed:
+        labels = groups.setdefault(text, [])
+        shown = with_eps if len(texts[label]) > 1 else label
+        if shown not in labels:
+            labels.append(shown)
     if not groups:
         return ""
     return ("Training per method (params.yaml, as each run's train config has it):\n\n"

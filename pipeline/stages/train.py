@@ -67,6 +67,8 @@ def worker(cfg: TrainConfig, config_path: Path, out: Path) -> int:
         "method_params": cfg.method_params, "history": result["history"],
         "batch_time_s": result["batch_time_s"], "train_time_s": result["train_time_s"], "steps": result["steps"],
         "batches_per_epoch": result["batches_per_epoch"], "train_images": result["train_images"],
+        "time_limit_s": result["time_limit_s"], "stopped_at_time_limit": result["stopped_at_time_limit"],
+        "wall_time_s": result["wall_time_s"],
         "peak_mem_mb": result["peak_mem_mb"], "peak_mem_kind": result["peak_mem_kind"],
         "memory_cap_gib": cfg.memory_cap_gib,
         "provenance": provenance(result["device"], cfg.digest(), checkpoint_sha256=sha256_file(model_path),

@@ -32,6 +32,7 @@ class Method:
     name: str = ""
     uses_eps: bool = True
     mixed_precision: bool = False
+    target_eps: float = 0.0  # the run's training ε (set by the trainer; the ``eps`` a loss sees may be ramping)
 
     def __init__(self, params: dict[str, Any], dataset: str, seed: int):
         self.params = dict(params)
@@ -44,6 +45,10 @@ class Method:
         """Loss on pixels ``x`` ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]`` at radius ``eps``; returns the
         scalar loss and a dict of floats to log."""
         raise NotImplementedError
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """Called once on the freshly built model before training (e.g. an initialisation suited to the method);
+        a resumed run then loads its checkpoint over it.  Default: nothing."""
 
     def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
         """Called after each epoch with the validation accuracy; returns values to log."""

@@ -10,6 +10,10 @@ Data: each epoch's batches come from :class:`~pipeline.train.batches.EpochBatche
 ahead on a background thread, pinned host memory on CUDA; the same batches and RNG draws as the synchronous path).
 ``mixed_precision`` is handed to the method, which autocasts its natural and attack parts only, never bounds.
 
+Time limit: a schedule's ``time_limit_min`` (params.yaml ``scales.<s>.schedule_overrides``) stops training once the
+wall time of the epochs (batches and per-epoch validation accuracy; not the validation VRA) reaches it, keeping the
+last weights (no best-on-validation selection); ``wall_time_s`` per epoch records it, and resume restores it.
+
 Timing: ``batch_time_s`` is the median wall time of one optimiser step (loss, backward, step; CUDA synchronised);
 ``train_time_s`` sums the epochs' training time and excludes validation.  After every epoch the first
 ``val_vra_images`` validation images are certified at the target ε with the model's fixed ``vra_domains`` (Table V);
@@ -115,6 +119,8 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
     model = build_model(cfg.model, norm.mean, norm.std).to(device)
     method = get_method(cfg.method)(cfg.method_params, cfg.dataset, cfg.seed)
     method.mixed_precision = cfg.mixed_precision  # bfloat16 autocast for natural/attack parts only, never bounds
+    method.target_eps = cfg.eps
+    method.prepare_model(model)  # before the optimiser sees the parameters; a resume overwrites it below
     o = cfg.optim
     if o["name"] == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
@@ -129,6 +135,11 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
     history: list[dict[str, Any]] = []
     step_times: list[float] = []
     train_time, start_epoch = 0.0, 0
+    # time limit (scale schedule_overrides time_limit_min): wall time of the epochs' loops (data, steps) and of the
+    # per-epoch validation accuracy, not of the validation VRA (a measurement); the step that crosses it finishes,
+    # then training ends with the last weights.  Restored on resume, so a kill does not buy extra time.
+    limit_s = None if sched_cfg.get("time_limit_min") is None else 60.0 * sched_cfg["time_limit_min"]
+    wall_used, stopped = 0.0, False
     last = _latest_checkpoint(ckpt_dir)
     if last is not None:
         state = load_checkpoint(last)
@@ -140,10 +151,14 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         torch.set_rng_state(state["torch_rng"])
         history, step_times = state["history"], state["step_times"]
         train_time, start_epoch = state["train_time"], state["epoch"] + 1
+        wall_used, stopped = float(state.get("wall_used", 0.0)), bool(state.get("stopped", False))
         log(f"resumed from {last} (epoch {start_epoch} of {sched_cfg['epochs']})")
 
     for epoch in range(start_epoch, sched_cfg["epochs"]):
+        if stopped:
+            break
         model.train()
+        epoch_wall0 = time.perf_counter()
         perm = torch.randperm(len(train_idx), generator=gen)
         losses, epoch_time = [], 0.0
         batches = EpochBatches(data, train_idx[perm.numpy()], bs, n_batches, augment, gen, device,
@@ -168,12 +183,20 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
                                              f"batch {b + 1}")
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps:.4f}")
+                if limit_s is not None and wall_used + time.perf_counter() - epoch_wall0 >= limit_s:
+                    stopped = True
+                    log(f"{cfg.train_id}: time limit {limit_s / 60:g} min reached at epoch {epoch + 1}, batch "
+                        f"{b + 1}/{n_batches}; keeping the last weights")
+                    break
         lr = opt.param_groups[0]["lr"]
         sched.step()
         train_time += epoch_time
         val_acc = _accuracy(model, x_val, y_val, device)
+        wall_used += time.perf_counter() - epoch_wall0
         entry = {"epoch": epoch + 1, "loss": statistics.fmean(losses), "val_acc": val_acc, "eps": eps,
-                 "lr": lr, "train_time_s": train_time, **_val_vra(model, x_val, y_val, cfg, device),
+                 "lr": lr, "train_time_s": train_time, "wall_time_s": wall_used,
+                 **({"stopped_at_time_limit": True} if stopped else {}),
+                 **_val_vra(model, x_val, y_val, cfg, device),
                  **method.end_epoch(epoch + 1, val_acc)}
         history.append(entry)
         vra = f" val_vra {entry['val_vra']:.4f}" if "val_vra" in entry else ""
@@ -182,7 +205,8 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         atomic_save_torch(ckpt_dir / f"epoch_{epoch + 1:04d}.pt", {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "method": method.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "history": history, "step_times": step_times, "train_time": train_time, "epoch": epoch})
+            "history": history, "step_times": step_times, "train_time": train_time, "epoch": epoch,
+            "wall_used": wall_used, "stopped": stopped})
         for old in ckpt_dir.glob("epoch_*.pt"):
             if old.name != f"epoch_{epoch + 1:04d}.pt":
                 old.unlink(missing_ok=True)
@@ -190,4 +214,5 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
     peak, peak_kind = _peak_mem_mb(device)
     return {"model": model, "history": history, "batch_time_s": statistics.median(step_times) if step_times else None,
             "train_time_s": train_time, "steps": len(step_times), "peak_mem_mb": peak, "peak_mem_kind": peak_kind,
-            "device": device, "batches_per_epoch": n_batches, "train_images": len(train_idx)}
+            "device": device, "batches_per_epoch": n_batches, "train_images": len(train_idx),
+            "time_limit_s": limit_s, "stopped_at_time_limit": stopped, "wall_time_s": wall_used}
