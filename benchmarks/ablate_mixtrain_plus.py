@@ -1,0 +1,109 @@
+"""MixTrain+ ablation at equal wall-clock: train MNIST_Small variants under one time limit, then certify.
+
+    python benchmarks/ablate_mixtrain_plus.py --eps 0.1 --minutes 6 --variants full ibp_only default_init
+    python benchmarks/ablate_mixtrain_plus.py --list          # the variants and what each changes
+
+Each variant is the params.yaml ``mixtrain_plus`` entry with some hyperparameters changed, trained by the pipeline's
+own trainer (:func:`pipeline.train.train`) at the cpu scale's data split with a time limit of ``--minutes``, its
+epoch schedule sized for that budget from the variant's measured step cost (``--ms-per-step``, see
+benchmarks/bench_methods.py), and then certified on ``--val-images`` validation images with MNIST_Small's VRA
+domain list (test images are never used).  Prints one line per variant (and ``--json`` one object): validation
+ACC, VRA, the epochs it completed, and its wall time.  Used for docs/mixtrain_plus.md's ablation table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.bounds import verify  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.data import load_dataset  # noqa: E402
+from pipeline.runconfig import train_configs  # noqa: E402
+from pipeline.train import train, training_indices  # noqa: E402
+
+#: variant -> (hyperparameter changes, ms per step at batch 50 on one thread used to size its schedule)
+VARIANTS = {
+    "recipe": ({}, 25),                                            # params.yaml's mixtrain_plus as shipped
+    "with_tight_k1": ({"k": 1, "tight_weight": 0.5}, 60),          # + symbolic relaxation on 1 sample per batch
+    "default_init": ({"init": "default"}, 25),                     # PyTorch's init instead of IBP init
+    "no_alpha_warmup": ({"alpha_warmup": False}, 25),              # full α from the first step
+    "alpha_max0.7": ({"alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.7, "min": 0.5,
+                                     "every": 1}}, 25),            # more natural loss at the end
+    "alpha_constant0.5": ({"alpha": 0.5}, 25),                     # no dynamic α
+    "eps_train1.5": ({"eps_train_factor": 1.5}, 25),               # train at 1.5 ε
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--variants", nargs="+", default=["full", "ibp_only"])
+    ap.add_argument("--val-images", type=int, default=500)
+    ap.add_argument("--ramp-frac", type=float, default=0.3, help="fraction of the planned steps spent ramping ε")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for name, (changes, ms) in VARIANTS.items():
+            print(f"{name:28s} {changes}  (schedule sized for {ms} ms/step)")
+        return 0
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"--variants: unknown {bad}; expected some of {list(VARIANTS)}")
+    torch.set_num_threads(args.threads)
+    p = load_params(ROOT / "params.yaml", {"scale": "cpu"})
+    rid = f"mixtrain_plus-MNIST_Small-eps{args.eps:g}"
+    if rid not in train_configs(p):
+        ap.error(f"--eps: no run {rid} in params.yaml")
+    base = train_configs(p)[rid]
+    data = load_dataset("mnist", p.data_root).train
+    _, val_idx = training_indices(len(data), base)
+    xv, yv = data.float_images(val_idx[: args.val_images]), data.y[val_idx[: args.val_images]]
+    results = {}
+    for name in args.variants:
+        changes, ms = VARIANTS[name]
+        per_epoch = 250
+        steps = int(args.minutes * 60 * 1000 / ms)
+        epochs = max(2, steps // per_epoch)
+        sched = {**base.schedule, "epochs": epochs, "batches_per_epoch": per_epoch, "val_vra_images": 0,
+                 "eps_ramp_epochs": max(1, math.ceil(args.ramp_frac * epochs)),
+                 "lr_decay_every": max(1, epochs // 4), "time_limit_min": args.minutes}
+        cfg = dataclasses.replace(base, schedule=sched, method_params={**base.method_params, **changes},
+                                  threads=args.threads)
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            r = train(cfg, Path(d), log=lambda m: None)
+            wall = time.perf_counter() - t0
+        model = r["model"].eval()
+        res = verify(model, xv, yv, args.eps, list(base.vra_domains), dtype=torch.float64,
+                     margin_tol=base.verify["margin_tol"], batch_size=base.verify["batch_size"])
+        with torch.no_grad():
+            acc = (model(xv).argmax(1) == yv).float().mean().item()
+        results[name] = {"changes": changes, "val_acc": acc, "val_vra": sum(res.verified) / len(yv),
+                         "epochs_done": len(r["history"]), "epochs_planned": epochs, "steps": r["steps"],
+                         "wall_s": wall, "stopped_at_time_limit": r["stopped_at_time_limit"]}
+        x = results[name]
+        print(f"{name:28s} val ACC {100 * acc:5.1f}  val VRA {100 * x['val_vra']:5.1f}  epochs "
+              f"{x['epochs_done']}/{epochs} x {per_epoch} batches  ({x['steps']} steps, {wall / 60:.1f} min)",
+              flush=True)
+    if args.json:
+        print(json.dumps({"eps": args.eps, "minutes": args.minutes, "val_images": args.val_images,
+                          "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

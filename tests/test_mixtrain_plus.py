@@ -1,0 +1,238 @@
+"""MixTrain+ (this project's method), the cpu scale's grid shape (scales.<s>.runs, schedule_overrides), the trainer's
+time limit, and the VRA-vs-wall-clock figure's data."""
+import copy
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from conftest import DATA_ROOT, needs_data
+from pipeline.config import load_params, params_from_dict
+from pipeline.errors import ConfigError
+from pipeline.models import build_model
+from pipeline.runconfig import TrainConfig, train_configs
+from pipeline.stages.tables import schedule_section
+from pipeline.train import get_method, train
+from pipeline.train.mixtrain_plus import ibp_init
+from pipeline.wallclock import wallclock_data
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = {"domain": "symbolic_linear", "batch_domain": "interval", "k": 1, "tight_weight": 0.5, "init": "ibp",
+          "eps_train_factor": 1.0, "alpha_warmup": True, "alpha": "adaptive",
+          "alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.9, "min": 0.5, "every": 1}}
+
+
+def _method(**changes):
+    m = get_method("mixtrain_plus")({**PARAMS, **changes}, "mnist", 0)
+    m.target_eps = 0.1
+    return m
+
+
+def test_ibp_init_follows_shi_et_al():
+    torch.manual_seed(0)
+    model = build_model("MNIST_Small", (0.1307,), (0.3081,))
+    ibp_init(model, torch.Generator().manual_seed(0))
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert len(layers) == 4
+    for m in layers:
+        fan_in = m.weight[0].numel()
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 * math.pi) / fan_in, rel=0.15)
+        assert torch.all(m.bias == 0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"init": "xavier"}, "init: expected one of"),
+    ({"tight_weight": 1.5}, "tight_weight"),
+    ({"k": 0}, "tight_weight.*0 when k = 0"),
+    ({"k": -1}, "k: expected an integer >= 0"),
+    ({"eps_train_factor": 0}, "eps_train_factor"),
+    ({"batch_domain": "magic"}, "magic"),
+    ({"alpha_warmup": "yes"}, "alpha_warmup: expected true/false"),
+])
+def test_bad_hyperparameters_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        get_method("mixtrain_plus")({**PARAMS, **changes}, "mnist", 0)
+
+
+def _batch():
+    torch.manual_seed(1)
+    model = build_model("MNIST_Small", (0.1307,), (0.3081,))
+    return model, torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+
+
+def test_alpha_warms_up_with_eps_and_starts_natural():
+    model, x, y = _batch()
+    m = _method()
+    loss0, s0 = m.loss(model, x, y, 0.0)
+    assert s0["alpha"] == 0 and torch.allclose(loss0, F.cross_entropy(model(x), y))
+    _, s_half = m.loss(model, x, y, 0.05)
+    _, s_full = m.loss(model, x, y, 0.1)
+    assert s_half["alpha"] == pytest.approx(0.25) and s_full["alpha"] == pytest.approx(0.5)
+    _, s_nowarm = _method(alpha_warmup=False).loss(model, x, y, 0.05)
+    assert s_nowarm["alpha"] == pytest.approx(0.5)
+
+
+def test_loss_mixes_batch_bound_and_tight_bound_with_gradients():
+    model, x, y = _batch()
+    m = _method()
+    loss, stats = m.loss(model, x, y, 0.1)
+    loss.backward()
+    assert math.isfinite(loss.item()) and "verified_loss" in stats and "batch_verified_loss" in stats
+    assert m.k_used == 1
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    nat = F.cross_entropy(model(x), y).item()
+    robust = 0.5 * stats["batch_verified_loss"] + 0.5 * stats["verified_loss"]
+    assert loss.item() == pytest.approx(0.5 * nat + 0.5 * robust, rel=1e-5)
+    # the robust term upper-bounds the natural loss (sound bounds: worst-case logits are no better than clean ones)
+    assert stats["batch_verified_loss"] >= nat - 1e-5
+
+
+def test_ibp_only_variant_skips_the_tight_bound():
+    model, x, y = _batch()
+    _, stats = _method(k=0, tight_weight=0.0).loss(model, x, y, 0.1)
+    assert "verified_loss" not in stats and "batch_verified_loss" in stats
+
+
+def test_state_round_trip():
+    m = _method()
+    m.alpha.update(1, 0.9)
+    m.alpha.update(2, 0.95)
+    other = _method()
+    other.load_state_dict(m.state_dict())
+    assert other.alpha.value == m.alpha.value and other.alpha.last_acc == m.alpha.last_acc
+
+
+# ---- the grid's shape per scale ----
+
+def _load(mutate, scale="cpu"):
+    raw = copy.deepcopy(RAW)
+    raw["scale"] = scale
+    mutate(raw)
+    return params_from_dict(raw, ROOT)
+
+
+def test_cpu_scale_builds_its_run_list_and_keeps_table_rows_of_those_runs():
+    p = load_params(ROOT / "params.yaml", {"scale": "cpu"})
+    assert set(p.runs) == set(RAW["scales"]["cpu"]["runs"])
+    assert {"mixtrain_plus-MNIST_Small-eps0.1", "mixtrain_plus-MNIST_Small-eps0.3"} <= set(p.runs)
+    for rows in p.tables.values():
+        assert set(rows) <= set(p.runs)
+    assert p.tables["table7"] == [] and "mixtrain_plus-MNIST_Small-eps0.1" in p.tables["table3"]
+    assert p.figures.names() == ["fig2"]  # the others' runs are not in the cpu grid
+    full = load_params(ROOT / "params.yaml", {"scale": "paper"})
+    assert len(full.runs) == len(RAW["runs"]) and full.figures.names() == ["fig2", "fig4", "fig5", "fig7"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["scales"]["cpu"].update(runs=["nope-MNIST_Small-eps0.1"]), r"scales.cpu.runs: \['nope"),
+    (lambda r: r["scales"]["cpu"].update(runs=[]), "scales.cpu.runs: expected null or a non-empty list"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"madry": {"epochz": 2}}),
+     r"scales.cpu.schedule_overrides.madry: unknown key\(s\) \['epochz'\]"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"madry": {"epochs": 0}}),
+     "scales.cpu.schedule_overrides.madry.epochs: 0 out of range"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"mixtrain_plus-MNIST_Small-eps0.1":
+                                                                 {"time_limit_min": 0}}),
+     "time_limit_min: 0 out of range"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"gradient_descent": {"epochs": 2}}),
+     "schedule_overrides.gradient_descent: expected a method of the grid or a run id"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"natural-MNIST_Small-eps0.1": {"epochs": 2}}),
+     "natural trains one model for every ε row; override its schedule under the method name"),
+])
+def test_bad_grid_shape_is_named(mutate, message):
+    with pytest.raises(ConfigError, match=message):
+        _load(mutate)
+
+
+def test_schedule_overrides_method_then_run_and_time_limit_only_when_set():
+    p = load_params(ROOT / "params.yaml", {"scale": "cpu"})
+    cfgs = train_configs(p)
+    o = RAW["scales"]["cpu"]["schedule_overrides"]
+    assert cfgs["madry-MNIST_Small-eps0.1"].schedule["epochs"] == o["madry"]["epochs"]
+    assert cfgs["mixtrain-MNIST_Small-eps0.1"].schedule["epochs"] == RAW["scales"]["cpu"]["epochs"]
+    plus = cfgs["mixtrain_plus-MNIST_Small-eps0.1"].schedule
+    assert plus["time_limit_min"] == 25 and cfgs["mixtrain_plus-MNIST_Small-eps0.3"].schedule["time_limit_min"] == 15
+    assert "time_limit_min" not in cfgs["mixtrain-MNIST_Small-eps0.1"].schedule
+    for c in cfgs.values():
+        assert "runs" not in c.schedule and "schedule_overrides" not in c.schedule
+    # a run without a time limit carries exactly the schedule keys it carried before these keys existed, so the
+    # configs (and digests) of grids that do not use them are unchanged
+    old_keys = {"epochs", "batch_size", "train_limit", "batches_per_epoch", "val_limit", "test_images",
+                "test_images_large", "eps_ramp_epochs", "lr_decay_every", "augment_cifar", "val_vra_images",
+                "figure_images", "attack_overrides", "table1_attack_overrides", "table1_max_runs"}
+    smoke = train_configs(load_params(ROOT / "params.yaml", {"scale": "smoke"}))
+    assert all(set(c.schedule) == old_keys for rid, c in smoke.items() if not rid.startswith("mixtrain_plus"))
+
+
+def test_table_header_tells_per_run_schedules_apart():
+    p = load_params(ROOT / "params.yaml", {"scale": "cpu"})
+    from pipeline.train import implemented_methods
+    from pipeline.workflow_support import tables_config
+    cfg = tables_config(p, implemented_methods())
+    text = schedule_section(p.tables["table3"], cfg)
+    assert "MixTrain+ ε=0.1" in text and "MixTrain+ ε=0.3" in text
+    assert "stopped at 25 min of training wall time" in text and "stopped at 15 min" in text
+    assert "Madry" in text and "2 epochs" in text
+
+
+# ---- the trainer's time limit ----
+
+SCHEDULE = {"epochs": 50, "batch_size": 50, "train_limit": 5000, "batches_per_epoch": 100, "val_limit": 100,
+            "test_images": 16, "test_images_large": 4, "eps_ramp_epochs": 1, "lr_decay_every": 1,
+            "augment_cifar": False, "val_vra_images": 0, "time_limit_min": 0.04}
+CFG = TrainConfig(
+    train_id="mixtrain_plus-limit", scale="test", method="mixtrain_plus", method_params=PARAMS,
+    model="MNIST_Small", dataset="mnist", eps=0.1, eps_start=0.01, seed=3, val_size=5000, split_seed=0,
+    schedule=SCHEDULE, optim={"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0,
+                              "decay_factor": 0.6},
+    vra_domains=["interval"], verify={"dtype": "float64", "margin_tol": 1e-4, "batch_size": 16},
+    memory_cap_gib=11, data_root=str(DATA_ROOT), device="cpu", threads=1)
+
+
+@needs_data
+def test_time_limit_stops_training_and_a_resume_buys_no_extra_time(tmp_path):
+    r = train(CFG, tmp_path, log=lambda m: None)
+    assert r["stopped_at_time_limit"] and len(r["history"]) < SCHEDULE["epochs"]
+    assert r["history"][-1]["stopped_at_time_limit"] and r["time_limit_s"] == pytest.approx(2.4)
+    # the crossing step finishes, then it stops: the recorded wall time passed the limit by at most a few steps
+    assert 2.4 <= r["wall_time_s"] < 2.4 + 5
+    assert [h["wall_time_s"] for h in r["history"]] == sorted(h["wall_time_s"] for h in r["history"])
+    again = train(CFG, tmp_path, log=lambda m: None)  # the checkpoint says it stopped: no further epoch
+    assert again["steps"] == r["steps"] and len(again["history"]) == len(r["history"])
+    assert all(torch.equal(a, b) for a, b in zip(r["model"].state_dict().values(),
+                                                 again["model"].state_dict().values()))
+
+
+@needs_data
+def test_no_time_limit_runs_every_epoch(tmp_path):
+    sched = {**SCHEDULE, "epochs": 1, "batches_per_epoch": 3}
+    sched.pop("time_limit_min")
+    r = train(replace(CFG, schedule=sched), tmp_path, log=lambda m: None)
+    assert not r["stopped_at_time_limit"] and r["time_limit_s"] is None and r["steps"] == 3
+
+
+# ---- the VRA-vs-wall-clock figure ----
+
+def _m(vras, key="wall_time_s"):
+    return {"train": {"history": [{"val_vra": v, key: 60.0 * (i + 1), "train_time_s": 30.0 * (i + 1)}
+                                  for i, v in enumerate(vras)]}}
+
+
+def test_wallclock_picks_mixtrain_plus_mixtrain_and_the_best_certified_baseline():
+    runs = {rid: {"method": rid.split("-")[0], "model": "MNIST_Small", "eps_text": "0.1",
+                  "overrides": {"k": 20} if "-k20-" in rid else {}}
+            for rid in ["mixtrain_plus-MNIST_Small-eps0.1", "mixtrain-MNIST_Small-eps0.1", "wong-MNIST_Small-eps0.1",
+                        "diffai-MNIST_Small-eps0.1", "mixtrain-k20-MNIST_Small-eps0.1", "madry-MNIST_Small-eps0.1"]}
+    metrics = {"mixtrain_plus-MNIST_Small-eps0.1": _m([0.5, 0.9]), "mixtrain-MNIST_Small-eps0.1": _m([0.4, 0.7]),
+               "wong-MNIST_Small-eps0.1": _m([0.6, 0.8], key="train_time_s"),
+               "diffai-MNIST_Small-eps0.1": _m([0.1, 0.2]), "mixtrain-k20-MNIST_Small-eps0.1": _m([0.3, 0.75]),
+               "madry-MNIST_Small-eps0.1": _m([0.95, 0.99])}  # not certified training: never "the baseline"
+    panel = wallclock_data(runs, metrics)["MNIST_Small ε=0.1"]
+    assert panel["MixTrain+ (this project)"]["val_vra"] == [0.5, 0.9]
+    assert panel["MixTrain (paper's algorithm)"]["run"] == "mixtrain-MNIST_Small-eps0.1"
+    assert panel["best baseline: wong"]["minutes"] == [0.5, 1.0]  # train_time_s when wall time is not recorded
+    assert wallclock_data({k: v for k, v in runs.items() if not k.startswith("mixtrain_plus")}, metrics) == {}
