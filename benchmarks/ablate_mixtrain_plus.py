@@ -51,6 +51,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--variants", nargs="+", default=["full", "ibp_only"])
     ap.add_argument("--val-images", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fix the planned steps (equal steps = equal CPU time only among variants of one step cost); "
+                         "default: --minutes x 60000 / the variant's ms per step")
     ap.add_argument("--ramp-frac", type=float, default=0.3, help="fraction of the planned steps spent ramping ε")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--list", action="store_true")
@@ -76,7 +79,7 @@ def main() -> int:
     for name in args.variants:
         changes, ms = VARIANTS[name]
         per_epoch = 250
-        steps = int(args.minutes * 60 * 1000 / ms)
+        steps = args.steps or int(args.minutes * 60 * 1000 / ms)
         epochs = max(2, steps // per_epoch)
         sched = {**base.schedule, "epochs": epochs, "batches_per_epoch": per_epoch, "val_vra_images": 0,
                  "eps_ramp_epochs": max(1, math.ceil(args.ramp_frac * epochs)),

@@ -275,8 +275,7 @@ def _scale_subset(sc: ScaleConfig, scale: str, runs: dict[str, RunSpec], tables:
         raise ConfigError(f"{where}.runs: {unknown} not defined under 'runs'")
     keep = {rid: runs[rid] for rid in runs if rid in set(sc.runs)}
     fig_runs = {"fig2": lambda f: [f["run"]], "fig4": lambda f: [f["run"]],
-                "fig5": lambda f: f["smoke_runs"] if scale == "smoke" else f["runs"], "fig7": lambda f: f,
-                "fig_wallclock": lambda f: f["runs"]}
+                "fig5": lambda f: f["smoke_runs"] if scale == "smoke" else f["runs"], "fig7": lambda f: f}
     kept = {name: (getattr(figures, name) if all(r in keep for r in fig_runs[name](getattr(figures, name))) else None)
             for name in figures.names()}
     return keep, {t: [r for r in rows if r in keep] for t, rows in tables.items()}, replace(FigureSettings(), **kept)
