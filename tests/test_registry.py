@@ -22,7 +22,7 @@ def test_register_lookup_and_errors():
 
 def test_the_three_registries_hold_what_params_yaml_names():
     assert {"interval", "symbolic_linear", "backward", "hybrid_zonotope"} <= set(DOMAINS)
-    assert {"natural", "mixtrain", "madry", "sinha", "wong", "diffai"} == set(METHODS)
+    assert {"natural", "mixtrain", "mixtrain_plus", "madry", "sinha", "wong", "diffai"} == set(METHODS)
     assert {"pgd", "cw", "interval"} == set(ATTACKS)
     for reg in (DOMAINS, METHODS, ATTACKS):
         assert all(cls.name == name for name, cls in reg.items())
