@@ -22,7 +22,7 @@ from pipeline.train.alpha import alpha_schedule
 from pipeline.train.registry import Method, register_method
 from pipeline.utils.precision import autocast
 
-__all__ = ["MixTrain", "sample_indices"]
+__all__ = ["MixTrain", "AlphaMixedMethod", "sample_indices"]
 
 
 def sample_indices(batch: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -30,31 +30,20 @@ def sample_indices(batch: int, k: int, generator: torch.Generator) -> torch.Tens
     return torch.randperm(batch, generator=generator)[: min(k, batch)]
 
 
-@register_method("mixtrain")
-class MixTrain(Method):
-    def __init__(self, params, dataset, seed):
-        super().__init__(params, dataset, seed)
-        if not isinstance(params.get("k"), int) or params["k"] < 1:
-            raise ValueError(f"mixtrain k: expected an integer >= 1, got {params.get('k')!r}")
-        self.k = params["k"]
-        self.domain = get_domain(params["domain"])
-        self.alpha = alpha_schedule(params["alpha"], params["alpha_rule"])
-        self.k_used = 0  # samples that got the verified loss in the last step (k capped at the batch size)
+class AlphaMixedMethod(Method):
+    """What MixTrain and its variants share: a dynamic α (``self.alpha``, updated once per epoch from the validation
+    accuracy and saved with the method's state), the natural part of the loss, and ``k_used`` (samples that got the
+    verified loss in the last step; k capped at the batch size).  Subclasses set ``self.alpha`` and write ``loss``."""
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        with autocast(x.device, self.mixed_precision):  # the natural part only; the bounds below never
+    k_used: int = 0
+
+    def natural_part(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy on the clean batch (autocast if ``mixed_precision``: the natural part only, bounds never)
+        and the step's accuracy."""
+        with autocast(x.device, self.mixed_precision):
             logits = model(x)
         logits = logits.float()
-        natural = F.cross_entropy(logits, y)
-        stats = {"acc": (logits.argmax(1) == y).float().mean().item(), "alpha": self.alpha.value}
-        if self.alpha.value == 0:
-            return natural, stats
-        idx = sample_indices(x.shape[0], self.k, self.generator).to(x.device)
-        self.k_used = len(idx)
-        lb = margin_lower_bounds(model, x[idx], y[idx], eps, self.domain)
-        verified = verified_loss(lb, y[idx])
-        stats["verified_loss"] = verified.item()
-        return (1 - self.alpha.value) * natural + self.alpha.value * verified, stats
+        return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().item()}
 
     def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
         used = self.alpha.value
@@ -67,3 +56,26 @@ class MixTrain(Method):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.alpha.load_state_dict(state["alpha"])
+
+
+@register_method("mixtrain")
+class MixTrain(AlphaMixedMethod):
+    def __init__(self, params, dataset, seed):
+        super().__init__(params, dataset, seed)
+        if not isinstance(params.get("k"), int) or params["k"] < 1:
+            raise ValueError(f"mixtrain k: expected an integer >= 1, got {params.get('k')!r}")
+        self.k = params["k"]
+        self.domain = get_domain(params["domain"])
+        self.alpha = alpha_schedule(params["alpha"], params["alpha_rule"])
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
+        natural, stats = self.natural_part(model, x, y)
+        stats["alpha"] = self.alpha.value
+        if self.alpha.value == 0:
+            return natural, stats
+        idx = sample_indices(x.shape[0], self.k, self.generator).to(x.device)
+        self.k_used = len(idx)
+        lb = margin_lower_bounds(model, x[idx], y[idx], eps, self.domain)
+        verified = verified_loss(lb, y[idx])
+        stats["verified_loss"] = verified.item()
+        return (1 - self.alpha.value) * natural + self.alpha.value * verified, stats

@@ -23,14 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.bounds import get_domain, margin_lower_bounds, verified_loss
 from pipeline.train.alpha import alpha_schedule
-from pipeline.train.mixtrain import sample_indices
-from pipeline.train.registry import Method, bool_param, int_param, number_param, register_method
-from pipeline.utils.precision import autocast
+from pipeline.train.mixtrain import AlphaMixedMethod, sample_indices
+from pipeline.train.registry import bool_param, int_param, number_param, register_method
 
 __all__ = ["MixTrainPlus", "ibp_init"]
 
@@ -50,7 +48,7 @@ def ibp_init(model: nn.Module, generator: torch.Generator) -> None:
 
 
 @register_method("mixtrain_plus")
-class MixTrainPlus(Method):
+class MixTrainPlus(AlphaMixedMethod):
     def __init__(self, params, dataset, seed):
         super().__init__(params, dataset, seed)
         self.k = int_param(params, "mixtrain_plus", "k", 0)
@@ -66,21 +64,17 @@ class MixTrainPlus(Method):
         self.init = params["init"]
         self.alpha = alpha_schedule(params.get("alpha"), params.get("alpha_rule"))
         self.alpha_warmup = bool_param(params, "mixtrain_plus", "alpha_warmup")
-        self.k_used = 0
 
     def prepare_model(self, model: nn.Module) -> None:
         if self.init == "ibp":
             ibp_init(model, torch.Generator().manual_seed(int(self.generator.initial_seed()) + 1))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
-        with autocast(x.device, self.mixed_precision):  # the natural part only; the bounds below never
-            logits = model(x)
-        logits = logits.float()
-        natural = F.cross_entropy(logits, y)
+        natural, stats = self.natural_part(model, x, y)
         # α warm-up: the robust weight grows with the ramped ε (α · ε / target ε), so the first steps are natural
         # training; measured: with the full α from the first step IBP training collapses to one class
         a = self.alpha.value * (min(1.0, eps / self.target_eps) if self.alpha_warmup and self.target_eps > 0 else 1.0)
-        stats = {"acc": (logits.argmax(1) == y).float().mean().item(), "alpha": a}
+        stats["alpha"] = a
         if a == 0 or eps <= 0:
             return natural, stats
         eps_t = min(1.0, self.eps_train_factor * eps)
@@ -93,15 +87,3 @@ class MixTrainPlus(Method):
             stats["verified_loss"] = tight.item()
             robust = (1 - self.tight_weight) * batch_loss + self.tight_weight * tight
         return (1 - a) * natural + a * robust, stats
-
-    def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
-        used = self.alpha.value
-        self.alpha.update(epoch, val_acc)
-        return {"alpha": used, "alpha_next": self.alpha.value, "k_used": self.k_used}
-
-    def state_dict(self):
-        return {**super().state_dict(), "alpha": self.alpha.state_dict()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.alpha.load_state_dict(state["alpha"])
