@@ -53,6 +53,9 @@ def test_ibp_init_follows_shi_et_al():
     ({"eps_train_factor": 0}, "eps_train_factor"),
     ({"batch_domain": "magic"}, "magic"),
     ({"alpha_warmup": "yes"}, "alpha_warmup: expected true/false"),
+    ({"alpha_rule": None}, "alpha_rule: 'adaptive' needs a mapping"),
+    ({"alpha": "sometimes"}, "alpha: expected a number in"),
+    ({"alpha_rule": {"kind": "staircase", "start": 0.5, "stepp": 0.1}}, "alpha_rule: expected kind, start"),
 ])
 def test_bad_hyperparameters_are_named(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -63,5 +63,12 @@ def alpha_schedule(alpha: Any, rule: dict[str, Any]) -> AlphaSchedule:
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
         return AlphaSchedule("constant", float(alpha))
     if alpha != "adaptive":
-        raise ValueError(f"methods.mixtrain.alpha: expected a number in [0, 1] or 'adaptive', got {alpha!r}")
+        raise ValueError(f"alpha: expected a number in [0, 1] or 'adaptive', got {alpha!r}")
+    if not isinstance(rule, dict):
+        raise ValueError(f"alpha_rule: 'adaptive' needs a mapping with kind and start (and step, max, min, every, "
+                         f"target_acc), got {rule!r}")
+    unknown = sorted(set(rule) - {"kind", "start", "step", "max", "min", "every", "target_acc"})
+    if unknown or "kind" not in rule or "start" not in rule:
+        raise ValueError(f"alpha_rule: expected kind, start and any of step, max, min, every, target_acc; got "
+                         f"{sorted(rule)}")
     return AlphaSchedule(**rule)
