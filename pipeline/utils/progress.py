@@ -33,6 +33,15 @@ class _LineWriter:
         self.stream.flush()
 
 
+class _LogTqdm(tqdm):
+    """tqdm for a log: ``set_postfix`` only records the values for the next timed refresh.  (tqdm's default redraws
+    at once, with the position of the last timed refresh: a step loop updating its loss every step would write one
+    line per step, all reading 0%, and no ETA.)"""
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):  # noqa: D102 - tqdm's signature
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              log_interval_s: float = 30.0, stream: TextIO | None = None) -> "tqdm[T]":
     """``tqdm`` over ``iterable`` on stderr: redrawn in place on a terminal, one line per refresh in a log."""
@@ -40,5 +49,5 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     tty = hasattr(stream, "isatty") and stream.isatty()
     if tty:
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, leave=False)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=_LineWriter(stream), mininterval=log_interval_s,
-                maxinterval=log_interval_s, ascii=True, ncols=110, leave=True)
+    return _LogTqdm(iterable, total=total, desc=desc, unit=unit, file=_LineWriter(stream),
+                    mininterval=log_interval_s, maxinterval=log_interval_s, ascii=True, ncols=110, leave=True)
