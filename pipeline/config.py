@@ -100,6 +100,7 @@ class Params:
     pin_memory: bool        # data.pin_memory: page-locked host batches on CUDA (no effect on CPU or on results)
     prefetch_batches: int   # data.prefetch_batches: batches made ahead on a background thread (0 = synchronous)
     mixed_precision: bool   # bfloat16 autocast for natural forwards and attack generation only, never for bounds
+    compile_bounds: bool    # training's bound kernels compiled (pipeline.bounds.kernels); verification never
     verify: VerifyConfig
     scales: dict[str, ScaleConfig]
     optim: dict[str, OptimConfig]
@@ -131,7 +132,8 @@ class Params:
         return resolved
 
 
-TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "mixed_precision", "data",
+TOP_KEYS = {"scale", "data_root", "seed", "k", "device", "threads", "memory_cap_gib", "mixed_precision",
+            "compile_bounds", "data",
             "verify", "scales", "optim", "eps_start", "external_checkpoint_dirs",
             "models", "methods", "runs", "tables", "cluster", "attacks", "table1", "figures"}
 
@@ -304,6 +306,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
     prefetch_batches = _num(_req(data, "prefetch_batches", "data"), "data.prefetch_batches", lo=0, hi=64,
                             integer=True)
     mixed_precision = _bool(_req(raw, "mixed_precision", "params"), "mixed_precision")
+    compile_bounds = _bool(raw.get("compile_bounds", False), "compile_bounds")  # optional: older files lack it
     for key in ("optim", "eps_start"):
         _check_keys(_req(raw, key, "params"), set(DATASETS), key)
         for ds in DATASETS:
@@ -357,7 +360,7 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
         val_size=val_size,
         split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, hi=2**32 - 1, integer=True),
         pin_memory=pin_memory, prefetch_batches=prefetch_batches, mixed_precision=mixed_precision,
-        verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
+        compile_bounds=compile_bounds, verify=_dc(VerifyConfig, _req(raw, "verify", "params"), "verify"),
         scales=scales, optim=optim, eps_start=eps_start, models=models, methods=methods, runs=runs, tables=tables,
         cluster=parse_cluster(_req(raw, "cluster", "params")), attacks=attacks,
         table1=parse_table1(_req(raw, "table1", "params")), figures=figures)

@@ -23,9 +23,13 @@ class _Digest:
     _NOT_HASHED: tuple[str, ...] = ()
     #: field -> value at which it is left out of the digest (fields added after digests existed)
     _HASHED_UNLESS: dict[str, Any] = {}
+    #: field -> value at which it is left out of the config file too (fields added after config files existed: the
+    #: files, whose names the workflow keys on, stay byte-identical, so adding one reruns nothing)
+    _WRITTEN_UNLESS: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        d = asdict(self)  # type: ignore[call-overload]
+        return {k: v for k, v in d.items() if not (k in self._WRITTEN_UNLESS and v == self._WRITTEN_UNLESS[k])}
 
     def digest(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED
@@ -71,11 +75,15 @@ class TrainConfig(_Digest):
     pin_memory: bool = True         # page-locked host batches on CUDA (ignored on CPU); does not change results
     prefetch_batches: int = 0       # batches made ahead on a background thread (0: synchronous); same results
     mixed_precision: bool = False   # bfloat16 autocast for natural forwards and PGD/WRM generation, never bounds
+    #: the training bounds' fused kernels compiled (pipeline.bounds.kernels): the same bounds up to float summation
+    #: order, so hashed when on (a compiled run never resumes an eager one's checkpoint, nor the reverse)
+    compile_bounds: bool = False
     #: the training files (path under data_root -> sha256) this training must read; the stage checks them first.
     #: Hashed: changed training data never resumes from a checkpoint of other data.
     data_sha256: dict[str, str] | None = None
     _NOT_HASHED = ("data_root", "device", "threads", "pin_memory", "prefetch_batches")
-    _HASHED_UNLESS = {"mixed_precision": False, "data_sha256": None}
+    _HASHED_UNLESS = {"mixed_precision": False, "compile_bounds": False, "data_sha256": None}
+    _WRITTEN_UNLESS = {"compile_bounds": False}
 
 
 @dataclass(frozen=True)
@@ -116,11 +124,12 @@ def train_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> d
     for run in p.runs.values():
         if run.method == EXTERNAL:
             continue
-        # the scale's schedule, then the run's method's overrides, then the run's own (time_limit_min is carried
-        # only when set, so configs without one keep their digests)
+        # the scale's schedule, then the run's method's overrides, then the run's own (time_limit_min and
+        # lr_decay_factor are carried only when set, so configs without them keep their digests)
         schedule = {**base, **overrides.get(run.method, {}), **overrides.get(run.run_id, {})}
-        if schedule.get("time_limit_min", 0) is None:
-            schedule.pop("time_limit_min")
+        for optional in ("time_limit_min", "lr_decay_factor"):
+            if schedule.get(optional, 0) is None:
+                schedule.pop(optional)
         ds = run.dataset
         eps = 0.0 if run.method in EPS_FREE_METHODS else run.eps
         out[run.train_id] = TrainConfig(
@@ -130,6 +139,7 @@ def train_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> d
             vra_domains=list(p.models[run.model].vra_domains), verify=asdict(p.verify),
             memory_cap_gib=p.memory_cap_gib, data_root=str(p.data_root), device=p.device, threads=p.threads,
             pin_memory=p.pin_memory, prefetch_batches=p.prefetch_batches, mixed_precision=p.mixed_precision,
+            compile_bounds=p.compile_bounds,
             data_sha256=(data or {}).get(f"{ds}-train"))
     return out
 

@@ -39,7 +39,8 @@ class ScaleConfig:
     table1_attack_overrides: dict  # the same for Table I's equal-budget comparison
     table1_max_runs: int | None  # Table I: at most this many runs per attack (null = until the budget is spent)
     runs: list | None = None     # the run ids this scale builds (null = every run of the grid); tables keep their rows
-    #: method name or run id -> {epochs, batches_per_epoch, eps_ramp_epochs, lr_decay_every, time_limit_min}
+    #: method name or run id -> {epochs, batches_per_epoch, eps_ramp_epochs, lr_decay_every, lr_decay_factor,
+    #: time_limit_min}
     #: replacing this scale's schedule for that method's runs (a run id's entry wins over its method's)
     schedule_overrides: dict | None = None
 
@@ -100,20 +101,23 @@ class VerifyConfig:
 #: schedule keys a scale may override per method or run (scales.<name>.schedule_overrides), with their ranges
 SCHEDULE_OVERRIDE_KEYS = {"epochs": (1, 100000, False), "batches_per_epoch": (1, None, True),
                           "eps_ramp_epochs": (0, 100000, False), "lr_decay_every": (1, None, True),
-                          "time_limit_min": (0, None, True)}
+                          "lr_decay_factor": (0, 1, True), "time_limit_min": (0, None, True)}
+#: override keys that are real numbers (the others are integers); both lie in (lo, hi]
+_REAL_OVERRIDE_KEYS = ("lr_decay_factor", "time_limit_min")
 
 
 def check_schedule_override(o: Any, where: str) -> None:
     """One ``schedule_overrides`` entry: a mapping of some of :data:`SCHEDULE_OVERRIDE_KEYS` to numbers in range
-    (``time_limit_min``: minutes of training wall time after which the trainer stops, keeping the last weights)."""
+    (``time_limit_min``: minutes of training wall time after which the trainer stops, keeping the last weights;
+    ``lr_decay_factor``: replaces the dataset's ``optim.<dataset>.decay_factor`` for these runs)."""
     if not isinstance(o, dict) or not o:
         raise ConfigError(f"{where}: expected a non-empty mapping with some of {sorted(SCHEDULE_OVERRIDE_KEYS)}, "
                           f"got {o!r}")
     _check_keys(o, set(SCHEDULE_OVERRIDE_KEYS), where)
     for key, v in o.items():
         lo, hi, nullable = SCHEDULE_OVERRIDE_KEYS[key]
-        _num(v, f"{where}.{key}", lo=lo, hi=hi, integer=key != "time_limit_min", allow_none=nullable,
-             bounds="(]" if key == "time_limit_min" else "[]")
+        _num(v, f"{where}.{key}", lo=lo, hi=hi, integer=key not in _REAL_OVERRIDE_KEYS, allow_none=nullable,
+             bounds="(]" if key in _REAL_OVERRIDE_KEYS else "[]")
 
 
 def parse_scales(raw: Any) -> dict[str, ScaleConfig]:

@@ -119,7 +119,8 @@ def tables_config(p: Params, implemented: list[str]) -> dict:
         return {"epochs": s["epochs"], "batch_size": s["batch_size"], "batches_per_epoch": s.get("batches_per_epoch"),
                 "eps_ramp_epochs": s["eps_ramp_epochs"], "eps_start": c.eps_start,
                 "eps_free": c.method in EPS_FREE_METHODS, "optimizer": o["name"], "lr": o["lr"],
-                "lr_decay_every": s["lr_decay_every"], "lr_decay_factor": o["decay_factor"],
+                "lr_decay_every": s["lr_decay_every"],
+                "lr_decay_factor": s.get("lr_decay_factor", o["decay_factor"]),
                 **({"time_limit_min": s["time_limit_min"]} if s.get("time_limit_min") is not None else {})}
 
     trains = train_configs(p)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from pipeline.bounds.base import Domain, RowDomain, register_domain
 from pipeline.bounds.interval import IntervalDomain
+from pipeline.bounds.kernels import relu_back_kernel
 from pipeline.bounds.relu import RelaxFn, relax_adaptive
 from pipeline.bounds.symbolic import SymbolicLinearDomain
 
@@ -179,12 +180,12 @@ class BackwardDomain(Domain):
         line = self.relax(lo, hi)
 
         lower_bias = bool(line.lower_bias.detach().ne(0).any())  # 0 for every relaxation here; kept general
+        kernel = relu_back_kernel()  # eager, or compiled inside training's compiled_kernels() block
 
         def back(a: torch.Tensor):
             # the lower line where a >= 0, the upper one where a < 0; the intercepts as batched dot products
             # (no [B, m, *shape] temporaries for them)
-            a_in = a * torch.where(a >= 0, line.lower_slope[:, None], line.upper_slope[:, None])
-            const = _dot(a.clamp_max(0), line.upper_bias)
+            a_in, const = kernel(a, line.lower_slope, line.upper_slope, line.upper_bias)
             if lower_bias:
                 const = const + _dot(a.clamp_min(0), line.lower_bias)
             return [a_in], const

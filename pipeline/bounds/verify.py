@@ -25,6 +25,7 @@ from torch import nn
 from pipeline.bounds.base import Domain, get_domain
 from pipeline.bounds.graph import fold_spec, propagate, to_ops
 from pipeline.bounds.interval import IntervalDomain
+from pipeline.bounds.kernels import eager_kernels
 from pipeline.bounds.rounding import margin_rounding_bounds
 from pipeline.utils.progress import progress
 
@@ -182,7 +183,7 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, domai
         rounding = torch.zeros(len(domains), n, 10, dtype=torch.float64, device=x.device)  # E_d per sample, margin
         verified = torch.zeros(n, dtype=torch.bool, device=x.device)
         first: list[str | None] = [None] * n
-        with _exact_kernels(x.device), torch.autocast(x.device.type, enabled=False):
+        with _exact_kernels(x.device), eager_kernels(), torch.autocast(x.device.type, enabled=False):
             if rounding_guard:
                 todo = correct.nonzero().flatten()
                 for start in range(0, len(todo), batch_size):

@@ -9,6 +9,8 @@ Checkpoints hold tensors and plain containers only and load with ``weights_only=
 Data: each epoch's batches come from :class:`~pipeline.train.batches.EpochBatches` (``prefetch_batches`` made
 ahead on a background thread, pinned host memory on CUDA; the same batches and RNG draws as the synchronous path).
 ``mixed_precision`` is handed to the method, which autocasts its natural and attack parts only, never bounds.
+``compile_bounds``: the steps run inside :func:`pipeline.bounds.kernels.compiled_kernels` (fused, compiled bound
+kernels for the training loss; the per-epoch validation VRA is verification and stays eager).
 
 Time limit: a schedule's ``time_limit_min`` (params.yaml ``scales.<s>.schedule_overrides``) stops training once the
 wall time of the epochs (batches and per-epoch validation accuracy; not the validation VRA) reaches it, keeping the
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from pipeline.bounds import verify
+from pipeline.bounds.kernels import compiled_kernels
 from pipeline.runconfig import TrainConfig
 from pipeline.data import NORMALIZATION, load_dataset, split_train_val
 from pipeline.models import build_model
@@ -126,7 +129,8 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
     else:
         opt = torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=sched_cfg["lr_decay_every"], gamma=o["decay_factor"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=sched_cfg["lr_decay_every"],
+                                            gamma=sched_cfg.get("lr_decay_factor", o["decay_factor"]))
 
     ckpt_dir = out_dir / f"ckpt-{cfg.digest()}"
     for stale in out_dir.glob("ckpt-*"):
@@ -169,7 +173,8 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
             for b, (x, y) in enumerate(bar):
                 eps = eps_at(epoch * n_batches + b, ramp_steps, cfg.eps_start, cfg.eps)
                 t0 = time.perf_counter()
-                loss, stats = method.loss(model, x, y, eps)
+                with compiled_kernels(cfg.compile_bounds):
+                    loss, stats = method.loss(model, x, y, eps)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
