@@ -1,7 +1,9 @@
 """MixTrain+ ablation at equal wall-clock: train MNIST_Small variants under one time limit, then certify.
 
-    python benchmarks/ablate_mixtrain_plus.py --eps 0.1 --minutes 6 --variants full ibp_only default_init
+    python benchmarks/ablate_mixtrain_plus.py --eps 0.1 --minutes 6 --variants recipe default_init
     python benchmarks/ablate_mixtrain_plus.py --list          # the variants and what each changes
+    python benchmarks/ablate_mixtrain_plus.py --eps 0.3 --pipeline-schedule --variants recipe lr_decay0.25
+    python benchmarks/ablate_mixtrain_plus.py --eps 0.3 --evaluate results/cpu/train/mixtrain_plus-MNIST_Small-eps0.3/model.pt
 
 Each variant is the params.yaml ``mixtrain_plus`` entry with some hyperparameters changed, trained by the pipeline's
 own trainer (:func:`pipeline.train.train`) at the cpu scale's data split with a time limit of ``--minutes``, its
@@ -9,6 +11,12 @@ epoch schedule sized for that budget from the variant's measured step cost (``--
 benchmarks/bench_methods.py), and then certified on ``--val-images`` validation images with MNIST_Small's VRA
 domain list (test images are never used).  Prints one line per variant (and ``--json`` one object): validation
 ACC, VRA, the epochs it completed, and its wall time.  Used for docs/mixtrain_plus.md's ablation table.
+
+``--pipeline-schedule`` trains each variant on the cpu scale's own schedule for the run (its epochs, ε ramp, decay
+and time limit from ``scales.cpu.schedule_overrides``) with the variant's schedule changes on top, i.e. exactly the
+training the pipeline would run; ``--no-time-limit`` then runs the whole schedule (equal steps instead of equal wall
+time, for runs sharing the machine).  ``--evaluate MODEL.pt`` certifies a trained checkpoint on the same validation
+images instead of training (the committed recipe's model as the baseline of a pipeline-schedule comparison).
 """
 from __future__ import annotations
 
@@ -30,9 +38,12 @@ from pipeline.bounds import verify  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.runconfig import train_configs  # noqa: E402
+from pipeline.data import NORMALIZATION  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
 from pipeline.train import train, training_indices  # noqa: E402
 
-#: variant -> (hyperparameter changes, ms per step at batch 50 on one thread used to size its schedule)
+#: variant -> (hyperparameter changes, ms per step at batch 50 on one thread used to size its schedule); a
+#: ``"schedule"`` entry among the changes is a schedule change (the scale's schedule_overrides keys), not a method one
 VARIANTS = {
     "recipe": ({}, 25),                                            # params.yaml's mixtrain_plus as shipped
     "with_tight_k1": ({"k": 1, "tight_weight": 0.5}, 60),          # + symbolic relaxation on 1 sample per batch
@@ -42,6 +53,16 @@ VARIANTS = {
                                      "every": 1}}, 25),            # more natural loss at the end
     "alpha_constant0.5": ({"alpha": 0.5}, 25),                     # no dynamic α
     "eps_train1.5": ({"eps_train_factor": 1.5}, 25),               # train at 1.5 ε
+    "eps_train1.2": ({"eps_train_factor": 1.2}, 25),               # train at 1.2 ε
+    # a deeper learning-rate decay (x0.25 instead of x0.6 per step; with --pipeline-schedule, every
+    # lr_decay_every_frac of the epochs): the low-rate end phase of Gowal et al.'s schedule
+    "lr_decay0.25": ({"schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+    # CROWN-IBP's bound (backward_ibp) on 10 samples per batch, its weight fading from 1 to 0 over the ε ramp,
+    # with the deeper decay; the step costs more only during the ramp
+    "crown_ibp_ramp_k10": ({"k": 10, "domain": "backward_ibp", "tight_weight": 1.0, "tight_schedule": "ramp_down",
+                            "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+    "lr_decay0.25_eps_train1.2": ({"eps_train_factor": 1.2,
+                                   "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
 }
 
 
@@ -49,13 +70,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--minutes", type=float, default=6.0)
-    ap.add_argument("--variants", nargs="+", default=["full", "ibp_only"])
+    ap.add_argument("--variants", nargs="+", default=["recipe"])
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--steps", type=int, default=None,
                     help="fix the planned steps (equal steps = equal CPU time only among variants of one step cost); "
                          "default: --minutes x 60000 / the variant's ms per step")
     ap.add_argument("--ramp-frac", type=float, default=0.3, help="fraction of the planned steps spent ramping ε")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pipeline-schedule", action="store_true",
+                    help="the cpu scale's schedule for the run (plus the variant's schedule changes)")
+    ap.add_argument("--no-time-limit", action="store_true", help="with --pipeline-schedule: run every epoch")
+    ap.add_argument("--evaluate", type=Path, default=None, help="certify this trained model.pt instead of training")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -75,27 +100,53 @@ def main() -> int:
     data = load_dataset("mnist", p.data_root).train
     _, val_idx = training_indices(len(data), base)
     xv, yv = data.float_images(val_idx[: args.val_images]), data.y[val_idx[: args.val_images]]
+
+    def certify(model: torch.nn.Module) -> tuple[float, float]:
+        res = verify(model, xv, yv, args.eps, list(base.vra_domains), dtype=torch.float64,
+                     margin_tol=base.verify["margin_tol"], batch_size=base.verify["batch_size"])
+        with torch.no_grad():
+            return (model(xv).argmax(1) == yv).float().mean().item(), sum(res.verified) / len(yv)
+
+    if args.evaluate is not None:
+        norm = NORMALIZATION["mnist"]
+        model = build_model(base.model, norm.mean, norm.std).eval()
+        model.load_state_dict(torch.load(args.evaluate, map_location="cpu", weights_only=True))
+        acc, vra = certify(model)
+        print(f"{str(args.evaluate):28s} val ACC {100 * acc:5.1f}  val VRA {100 * vra:5.1f}", flush=True)
+        if args.json:
+            print(json.dumps({"eps": args.eps, "val_images": args.val_images, "model": str(args.evaluate),
+                              "val_acc": acc, "val_vra": vra}))
+        return 0
     results = {}
     for name in args.variants:
         changes, ms = VARIANTS[name]
+        changes = dict(changes)
+        sched_changes = dict(changes.pop("schedule", {}))
         per_epoch = 250
         steps = args.steps or int(args.minutes * 60 * 1000 / ms)
         epochs = max(2, steps // per_epoch)
-        sched = {**base.schedule, "epochs": epochs, "batches_per_epoch": per_epoch, "val_vra_images": 0,
-                 "eps_ramp_epochs": max(1, math.ceil(args.ramp_frac * epochs)),
-                 "lr_decay_every": max(1, epochs // 4), "time_limit_min": args.minutes}
+        if args.pipeline_schedule:
+            sched = {**base.schedule, "val_vra_images": 0}
+            if args.no_time_limit:
+                sched.pop("time_limit_min", None)
+            epochs = sched["epochs"]
+            per_epoch = sched["batches_per_epoch"] or len(training_indices(len(data), base)[0]) // sched["batch_size"]
+        else:
+            sched = {**base.schedule, "epochs": epochs, "batches_per_epoch": per_epoch, "val_vra_images": 0,
+                     "eps_ramp_epochs": max(1, math.ceil(args.ramp_frac * epochs)),
+                     "lr_decay_every": max(1, epochs // 4), "time_limit_min": args.minutes}
+        frac = sched_changes.pop("lr_decay_every_frac", None)
+        if frac is not None:
+            sched_changes["lr_decay_every"] = max(1, round(frac * epochs))
+        sched.update(sched_changes)
         cfg = dataclasses.replace(base, schedule=sched, method_params={**base.method_params, **changes},
                                   threads=args.threads)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             r = train(cfg, Path(d), log=lambda m: None)
             wall = time.perf_counter() - t0
-        model = r["model"].eval()
-        res = verify(model, xv, yv, args.eps, list(base.vra_domains), dtype=torch.float64,
-                     margin_tol=base.verify["margin_tol"], batch_size=base.verify["batch_size"])
-        with torch.no_grad():
-            acc = (model(xv).argmax(1) == yv).float().mean().item()
-        results[name] = {"changes": changes, "val_acc": acc, "val_vra": sum(res.verified) / len(yv),
+        acc, vra = certify(r["model"].eval())
+        results[name] = {"changes": VARIANTS[name][0], "val_acc": acc, "val_vra": vra,
                          "epochs_done": len(r["history"]), "epochs_planned": epochs, "steps": r["steps"],
                          "wall_s": wall, "stopped_at_time_limit": r["stopped_at_time_limit"]}
         x = results[name]

@@ -55,6 +55,9 @@ def test_ibp_init_follows_shi_et_al():
     ({"alpha_warmup": "yes"}, "alpha_warmup: expected true/false"),
     ({"alpha_rule": None}, "alpha_rule: 'adaptive' needs a mapping"),
     ({"alpha": "sometimes"}, "alpha: expected a number in"),
+    ({"tight_max_eps": 0}, "tight_max_eps: expected null or a number > 0, got 0"),
+    ({"tight_max_eps": "0.1"}, "tight_max_eps: expected null or a number > 0, got '0.1'"),
+    ({"tight_schedule": "cosine"}, r"tight_schedule: expected one of \['constant', 'ramp_down'\], got 'cosine'"),
     ({"alpha_rule": {"kind": "staircase", "start": 0.5, "stepp": 0.1}}, "alpha_rule: expected kind, start"),
 ])
 def test_bad_hyperparameters_are_named(changes, message):
@@ -66,6 +69,22 @@ def _batch():
     torch.manual_seed(1)
     model = build_model("MNIST_Small", (0.1307,), (0.3081,))
     return model, torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+
+
+def test_tight_weight_ramps_down_with_eps_and_the_tight_bound_stops_at_the_target():
+    model, x, y = _batch()
+    m = _method(tight_weight=1.0, tight_schedule="ramp_down", domain="backward_ibp", k=3)
+    _, s = m.loss(model, x, y, 0.025)
+    assert s["tight_weight"] == pytest.approx(0.75) and "verified_loss" in s and m.k_used == 3
+    _, s = m.loss(model, x, y, 0.1)  # the ramp is over: IBP alone, the tight bound is not computed
+    assert s["tight_weight"] == 0 and "verified_loss" not in s
+    _, s = _method(tight_schedule="constant").loss(model, x, y, 0.1)
+    assert s["tight_weight"] == 0.5 and "verified_loss" in s
+    for target, used in ((0.1, True), (0.3, False)):  # tight_max_eps: the tight term only at small target ε
+        m = _method(tight_max_eps=0.1)
+        m.target_eps = target
+        _, s = m.loss(model, x, y, 0.05)
+        assert ("verified_loss" in s) is used and (s["tight_weight"] > 0) is used
 
 
 def test_alpha_warms_up_with_eps_and_starts_natural():
@@ -141,6 +160,8 @@ def test_cpu_scale_builds_its_run_list_and_keeps_table_rows_of_those_runs():
     (lambda r: r["scales"]["cpu"].update(schedule_overrides={"mixtrain_plus-MNIST_Small-eps0.1":
                                                                  {"time_limit_min": 0}}),
      "time_limit_min: 0 out of range"),
+    (lambda r: r["scales"]["cpu"].update(schedule_overrides={"mixtrain_plus": {"lr_decay_factor": 1.5}}),
+     "schedule_overrides.mixtrain_plus.lr_decay_factor: 1.5 out of range"),
     (lambda r: r["scales"]["cpu"].update(schedule_overrides={"gradient_descent": {"epochs": 2}}),
      "schedule_overrides.gradient_descent: expected a method of the grid or a run id"),
     (lambda r: r["scales"]["cpu"].update(schedule_overrides={"natural-MNIST_Small-eps0.1": {"epochs": 2}}),
@@ -208,6 +229,17 @@ def test_time_limit_stops_training_and_a_resume_buys_no_extra_time(tmp_path):
     assert again["steps"] == r["steps"] and len(again["history"]) == len(r["history"])
     assert all(torch.equal(a, b) for a, b in zip(r["model"].state_dict().values(),
                                                  again["model"].state_dict().values()))
+
+
+@needs_data
+def test_lr_decay_factor_override_replaces_the_datasets_decay(tmp_path):
+    sched = {**SCHEDULE, "epochs": 3, "batches_per_epoch": 2, "lr_decay_factor": 0.25}
+    sched.pop("time_limit_min")
+    r = train(replace(CFG, schedule=sched), tmp_path, log=lambda m: None)
+    assert [h["lr"] for h in r["history"]] == pytest.approx([1e-3, 2.5e-4, 6.25e-5])
+    sched.pop("lr_decay_factor")  # without it: optim.decay_factor (0.6)
+    r = train(replace(CFG, schedule=sched), tmp_path / "b", log=lambda m: None)
+    assert [h["lr"] for h in r["history"]] == pytest.approx([1e-3, 6e-4, 3.6e-4])
 
 
 @needs_data
