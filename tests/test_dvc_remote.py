@@ -8,7 +8,7 @@ import json
 from conftest import needs_data
 from tinyrepo import BIN, GRID, make_repo, run, sha256
 
-SNAKEMAKE = [str(BIN / "snakemake"), "tables", "--cores", "1", "--resources", "gpu=1"]
+SNAKEMAKE = [str(BIN / "snakemake"), "tables", "--cores", "2", "--resources", "gpu=2"]  # two jobs at a time
 DVC = str(BIN / "dvc")
 
 

@@ -27,8 +27,8 @@ TABLES = {"table3": list(GRID), "table6": ["mixtrain-MNIST_Small-eps0.1"]}
 #: small SLURM requests so a 2-core test node runs two jobs at once
 CLUSTER = {"gpu_gres": "gpu:1", **{rule: {"runtime_min": 10, "mem_mb": 1000, "cpus": 1}
                                    for rule in ("prepare", "train", "evaluate", "figure", "tables")}}
-ENV = {"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t"}
+ENV = {"DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
 def env() -> dict[str, str]:
