@@ -31,7 +31,7 @@ from tinyrepo import BIN, GRID, env, make_repo, results, run
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 KILLED = "mixtrain-MNIST_Small-eps0.1"   # the training scancel kills mid-run
 SLURM_ARGS = ["--profile", "workflow/profiles/slurm", "--slurm-status-command", "squeue",
-              "--slurm-init-seconds-before-status-checks", "1"]
+              "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"]
 
 
 def _timing(name: str) -> bool:
