@@ -36,6 +36,7 @@ def test_committed_params_are_valid():
     (lambda r: r["scales"]["smoke"]["attack_overrides"].update(pgd={"stepz": 3}),
      "scales.smoke.attack_overrides.pgd.stepz: not a hyperparameter"),
     (lambda r: r.update(device="tpu"), "device: expected auto, cpu or cuda"),
+    (lambda r: r.update(compile_bounds="yes"), "compile_bounds: expected true or false, got .yes."),
     (lambda r: r.update(data_root="/nonexistent/data"), "data_root: /nonexistent/data is not a directory"),
     (lambda r: r.update(colour="blue"), r"unknown key\(s\) \['colour'\]"),
     (lambda r: r["scales"]["smoke"].update(epochs=0), r"scales.smoke.epochs: 0 out of range \[1, "),
