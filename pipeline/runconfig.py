@@ -23,8 +23,8 @@ class _Digest:
     _NOT_HASHED: tuple[str, ...] = ()
     #: field -> value at which it is left out of the digest (fields added after digests existed)
     _HASHED_UNLESS: dict[str, Any] = {}
-    #: field -> value at which it is left out of the config file too (fields added after config files existed: the
-    #: files, whose names the workflow keys on, stay byte-identical, so adding one reruns nothing)
+    #: field -> value at which it is left out of the config file, and so of the digest too (fields added after config
+    #: files existed: the files, whose names the workflow keys on, stay byte-identical, so adding one reruns nothing)
     _WRITTEN_UNLESS: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +82,7 @@ class TrainConfig(_Digest):
     #: Hashed: changed training data never resumes from a checkpoint of other data.
     data_sha256: dict[str, str] | None = None
     _NOT_HASHED = ("data_root", "device", "threads", "pin_memory", "prefetch_batches")
-    _HASHED_UNLESS = {"mixed_precision": False, "compile_bounds": False, "data_sha256": None}
+    _HASHED_UNLESS = {"mixed_precision": False, "data_sha256": None}
     _WRITTEN_UNLESS = {"compile_bounds": False}
 
 

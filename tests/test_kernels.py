@@ -1,12 +1,15 @@
 """Compiled bound kernels (pipeline.bounds.kernels): the same bound as the eager kernels, used only for training
 losses, never by verification, and an eager fallback when compilation fails."""
-import pytest
+import dataclasses
+
 import torch
 
 import pipeline.bounds.kernels as kernels
 from pipeline.bounds import margin_lower_bounds, verified_loss, verify
 from pipeline.bounds.kernels import compiled_kernels, eager_kernels, relu_back, relu_back_kernel
+from pipeline.config import load_params
 from pipeline.models import build_model
+from pipeline.runconfig import TrainConfig, train_configs
 
 
 def _net_and_batch(seed=0, n=6):
@@ -55,8 +58,6 @@ def test_a_failing_compiler_falls_back_to_eager_and_says_so(monkeypatch, capsys)
 def test_compiled_bound_and_gradients_match_the_eager_ones():
     """The compiled kernel (inductor; tens of seconds to build once) gives the eager CROWN-IBP bound up to float
     summation order, and the same gradients."""
-    if not hasattr(torch, "compile"):
-        pytest.skip("this torch has no torch.compile")
     model, x, y = _net_and_batch(seed=1, n=5)
     model.train()
 
@@ -73,3 +74,12 @@ def test_compiled_bound_and_gradients_match_the_eager_ones():
     torch.testing.assert_close(lb_c, lb_ref, rtol=1e-5, atol=1e-4)
     for a, b in zip(g_c, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_bounds_is_in_the_digest_when_on_and_absent_from_config_files_when_off():
+    from conftest import ROOT
+    cfg = next(iter(train_configs(load_params(ROOT / "params.yaml", {"scale": "smoke"})).values()))
+    assert cfg.compile_bounds is False and '"compile_bounds"' not in cfg.to_json()  # files written before it
+    on = dataclasses.replace(cfg, compile_bounds=True)
+    assert '"compile_bounds": true' in on.to_json() and on.digest() != cfg.digest()
+    assert TrainConfig.from_json(on.to_json()) == on and TrainConfig.from_json(cfg.to_json()) == cfg

@@ -55,8 +55,9 @@ def test_ibp_init_follows_shi_et_al():
     ({"alpha_warmup": "yes"}, "alpha_warmup: expected true/false"),
     ({"alpha_rule": None}, "alpha_rule: 'adaptive' needs a mapping"),
     ({"alpha": "sometimes"}, "alpha: expected a number in"),
-    ({"tight_max_eps": 0}, "tight_max_eps: expected null or a number > 0, got 0"),
-    ({"tight_max_eps": "0.1"}, "tight_max_eps: expected null or a number > 0, got '0.1'"),
+    ({"tight_max_eps": 0}, "tight_max_eps: expected a finite number > 0.0, got 0"),
+    ({"tight_max_eps": "0.1"}, "tight_max_eps: expected a finite number > 0.0, got '0.1'"),
+    ({"tight_max_eps": float("nan")}, "tight_max_eps: expected a finite number > 0.0, got nan"),
     ({"tight_schedule": "cosine"}, r"tight_schedule: expected one of \['constant', 'ramp_down'\], got 'cosine'"),
     ({"alpha_rule": {"kind": "staircase", "start": 0.5, "stepp": 0.1}}, "alpha_rule: expected kind, start"),
 ])

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from pipeline.bounds.base import Domain, RowDomain, register_domain
 from pipeline.bounds.interval import IntervalDomain
-from pipeline.bounds.kernels import relu_back_kernel
+from pipeline.bounds.kernels import batched_dot, relu_back_kernel
 from pipeline.bounds.relu import RelaxFn, relax_adaptive
 from pipeline.bounds.symbolic import SymbolicLinearDomain
 
@@ -54,11 +54,6 @@ class _Node:
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).sum(-1)
-
-
-def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``sum_i a[b, m, i] v[b, i]`` ``[B, m]`` for ``a`` ``[B, m, *shape]`` and ``v`` ``[B, *shape]``."""
-    return torch.bmm(a.flatten(2), v.flatten(1)[:, :, None])[:, :, 0]
 
 
 def lower_bound(node: _Node, a: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -187,7 +182,7 @@ class BackwardDomain(Domain):
             # (no [B, m, *shape] temporaries for them)
             a_in, const = kernel(a, line.lower_slope, line.upper_slope, line.upper_bias)
             if lower_bias:
-                const = const + _dot(a.clamp_min(0), line.lower_bias)
+                const = const + batched_dot(a.clamp_min(0), line.lower_bias)
             return [a_in], const
         return self._child(self.node.shape, back, box.relu(), nonlinear=True)
 

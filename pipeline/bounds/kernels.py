@@ -22,11 +22,17 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["relu_back", "relu_back_kernel", "compiled_kernels", "eager_kernels", "compiled_enabled"]
+__all__ = ["batched_dot", "relu_back", "relu_back_kernel", "compiled_kernels", "eager_kernels", "compiled_enabled"]
 
 _enabled = False
 _compiled: Callable | None = None
 _failed = False
+
+
+def batched_dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_i a[b, m, i] v[b, i]`` ``[B, m]`` for ``a`` ``[B, m, *shape]`` and ``v`` ``[B, *shape]`` (a batched
+    product: no ``[B, m, *shape]`` temporary)."""
+    return torch.bmm(a.flatten(2), v.flatten(1)[:, :, None])[:, :, 0]
 
 
 def relu_back(a: torch.Tensor, lower_slope: torch.Tensor, upper_slope: torch.Tensor,
@@ -36,8 +42,7 @@ def relu_back(a: torch.Tensor, lower_slope: torch.Tensor, upper_slope: torch.Ten
     coefficients on the ReLU's input ``[B, m, *shape]`` and the constant ``sum_i min(a_i, 0) * upper_bias_i``
     ``[B, m]``."""
     a_in = a * torch.where(a >= 0, lower_slope[:, None], upper_slope[:, None])
-    const = torch.bmm(a.clamp_max(0).flatten(2), upper_bias.flatten(1)[:, :, None])[:, :, 0]
-    return a_in, const
+    return a_in, batched_dot(a.clamp_max(0), upper_bias)
 
 
 def _compiled_relu_back(a, lower_slope, upper_slope, upper_bias):

@@ -69,12 +69,8 @@ class MixTrainPlus(AlphaMixedMethod):
         if self.tight_schedule not in TIGHT_SCHEDULES:
             raise ValueError(f"mixtrain_plus tight_schedule: expected one of {list(TIGHT_SCHEDULES)}, got "
                              f"{self.tight_schedule!r}")
-        self.tight_max_eps = params.get("tight_max_eps")  # optional: configs before it have none
-        if self.tight_max_eps is not None and (isinstance(self.tight_max_eps, bool)
-                                               or not isinstance(self.tight_max_eps, (int, float))
-                                               or self.tight_max_eps <= 0):
-            raise ValueError(f"mixtrain_plus tight_max_eps: expected null or a number > 0, got "
-                             f"{self.tight_max_eps!r}")
+        self.tight_max_eps = (None if params.get("tight_max_eps") is None  # optional: null = every run
+                              else number_param(params, "mixtrain_plus", "tight_max_eps", positive=True))
         self.eps_train_factor = number_param(params, "mixtrain_plus", "eps_train_factor", positive=True)
         if params.get("init") not in INITS:
             raise ValueError(f"mixtrain_plus init: expected one of {list(INITS)}, got {params.get('init')!r}")
