@@ -63,6 +63,19 @@ VARIANTS = {
                             "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
     "lr_decay0.25_eps_train1.2": ({"eps_train_factor": 1.2,
                                    "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+    # the CROWN-IBP term kept for the whole run at half weight (the ramp-down variant's curve was flat after the
+    # ramp), alone and with a lower α ceiling (more natural loss, for accuracy)
+    "crown_ibp_const0.5_k10": ({"k": 10, "domain": "backward_ibp", "tight_weight": 0.5, "tight_schedule": "constant",
+                                "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 55),
+    # Shi et al. 2021's warm-up regularisers (tightness + ReLU balance, weight 0.5 fading with the ramp)
+    "warmup_reg0.5": ({"warmup_reg": 0.5}, 27),
+    # a longer ε ramp: half of the epochs instead of a third (at ε = 0.3: 18 of 36)
+    "eps_ramp_half": ({"schedule": {"eps_ramp_frac": 0.5}}, 25),
+    "crown_ibp_const0.5_k10_alpha_max0.8": ({"k": 10, "domain": "backward_ibp", "tight_weight": 0.5,
+                                             "tight_schedule": "constant",
+                                             "alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.8,
+                                                            "min": 0.5, "every": 1},
+                                             "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 55),
 }
 
 
@@ -138,6 +151,9 @@ def main() -> int:
         frac = sched_changes.pop("lr_decay_every_frac", None)
         if frac is not None:
             sched_changes["lr_decay_every"] = max(1, round(frac * epochs))
+        frac = sched_changes.pop("eps_ramp_frac", None)
+        if frac is not None:
+            sched_changes["eps_ramp_epochs"] = max(1, round(frac * epochs))
         sched.update(sched_changes)
         cfg = dataclasses.replace(base, schedule=sched, method_params={**base.method_params, **changes},
                                   threads=args.threads)

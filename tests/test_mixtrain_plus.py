@@ -17,7 +17,9 @@ from pipeline.models import build_model
 from pipeline.runconfig import TrainConfig, train_configs
 from pipeline.stages.tables import schedule_section
 from pipeline.train import get_method, train
+from pipeline.bounds import margin_lower_bounds
 from pipeline.train.mixtrain_plus import ibp_init
+from pipeline.train.warmup_reg import ReluInputs, warmup_regularizer
 from pipeline.wallclock import wallclock_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,9 @@ def test_ibp_init_follows_shi_et_al():
     ({"tight_max_eps": float("nan")}, "tight_max_eps: expected a finite number > 0.0, got nan"),
     ({"tight_schedule": "cosine"}, r"tight_schedule: expected one of \['constant', 'ramp_down'\], got 'cosine'"),
     ({"alpha_rule": {"kind": "staircase", "start": 0.5, "stepp": 0.1}}, "alpha_rule: expected kind, start"),
+    ({"warmup_reg": -0.5}, "warmup_reg: expected a finite number >= 0.0, got -0.5"),
+    ({"warmup_reg": "0.5"}, "warmup_reg: expected a finite number >= 0.0, got '0.5'"),
+    ({"warmup_reg": 0.5, "batch_domain": "backward_ibp"}, "warmup_reg: .*expected batch_domain 'interval'"),
 ])
 def test_bad_hyperparameters_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -113,6 +118,52 @@ def test_loss_mixes_batch_bound_and_tight_bound_with_gradients():
     assert loss.item() == pytest.approx(0.5 * nat + 0.5 * robust, rel=1e-5)
     # the robust term upper-bounds the natural loss (sound bounds: worst-case logits are no better than clean ones)
     assert stats["batch_verified_loss"] >= nat - 1e-5
+
+
+def test_warmup_regularizer_values_on_hand_made_bounds():
+    """Tightness: a layer 4x looser than the input box costs relu(0.5 - 1/4) / 0.5 = 0.5; balance: equal active and
+    inactive populations cost nothing, a layer without inactive neurons adds no balance term."""
+    inputs = ReluInputs()
+    inputs.input = (torch.zeros(2, 3), torch.full((2, 3), 2.0))                # mean radius 1
+    centre = torch.tensor([[3.0, -3.0, 5.0, -5.0]]).repeat(2, 1)              # active/inactive mirror images
+    inputs.pre = [(centre - 4, centre + 4)]                                   # radius 4: no neuron is stable
+    assert warmup_regularizer(inputs).item() == pytest.approx(0.5)
+    inputs.pre = [(centre - 1, centre + 1)]                                   # radius 1: tight, balanced
+    assert warmup_regularizer(inputs).item() == pytest.approx(0.0)
+    skewed = torch.tensor([[3.0, -1.0, 5.0, -1.0]])                           # inactive side 4x smaller
+    inputs.pre = [(skewed - 0.5, skewed + 0.5)]
+    mean_ratio = 0.25                                                         # (8/4) / (2/4) folded: 1/4
+    dev = (skewed - skewed.mean()) ** 2
+    var_ratio = min((dev[0, 0] + dev[0, 2]) / (dev[0, 1] + dev[0, 3]), (dev[0, 1] + dev[0, 3]) / (dev[0, 0] + dev[0, 2]))
+    expected = ((0.5 - mean_ratio) + max(0.0, 0.5 - var_ratio.item())) / 0.5
+    assert warmup_regularizer(inputs).item() == pytest.approx(expected, rel=1e-5)
+    inputs.pre = [(centre.abs() - 1, centre.abs() + 1)]                       # all active: ratios not finite
+    assert warmup_regularizer(inputs).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="no affine input or no ReLU"):
+        warmup_regularizer(ReluInputs())
+
+
+def test_warmup_reg_reads_the_loss_pass_and_fades_with_the_ramp():
+    model, x, y = _batch()
+    observed = ReluInputs()
+    lb = margin_lower_bounds(model, x, y, 0.05, "interval", observe=observed)
+    assert torch.equal(lb, margin_lower_bounds(model, x, y, 0.05, "interval"))  # observing changes nothing
+    assert len(observed.pre) == 3 and observed.input[0].shape == x.shape      # MNIST_Small: 3 ReLUs
+    assert torch.allclose(observed.input[1] - observed.input[0],
+                          ((x + 0.05).clamp(0, 1) - (x - 0.05).clamp(0, 1)) / 0.3081, atol=1e-6)  # normalised box
+    m = _method(warmup_reg=0.5, k=0, tight_weight=0.0)
+    loss, s = m.loss(model, x, y, 0.025)
+    _, s_off = _method(k=0, tight_weight=0.0).loss(model, x, y, 0.025)
+    at_025 = ReluInputs()
+    margin_lower_bounds(model, x, y, 0.025, "interval", observe=at_025)
+    assert s["warmup_reg"] == pytest.approx(0.5 * (1 - 0.25) * warmup_regularizer(at_025).item(), rel=1e-5)
+    assert s["warmup_reg"] > 0 and "warmup_reg" not in s_off
+    assert loss.item() == pytest.approx(s["warmup_reg"] + (1 - s["alpha"]) * F.cross_entropy(model(x), y).item()
+                                        + s["alpha"] * s["batch_verified_loss"], rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    _, s_end = m.loss(model, x, y, 0.1)                                       # the ramp is over: no regulariser
+    assert "warmup_reg" not in s_end
 
 
 def test_ibp_only_variant_skips_the_tight_bound():

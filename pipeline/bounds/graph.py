@@ -11,7 +11,7 @@ bound ``C @ logits`` (the margins ``z_y - z_j``) directly; this is tighter than 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import torch
 from torch import nn
@@ -83,9 +83,14 @@ class Residual:
 Op = Union[Linear, Conv, ChannelAffine, Flatten, ReLU, Residual]
 
 
-def propagate(ops: tuple[Op, ...] | list[Op], state: "Domain") -> "Domain":
-    """Push ``state`` through ``ops`` in order (the one propagation loop every domain shares)."""
+def propagate(ops: tuple[Op, ...] | list[Op], state: "Domain",
+              observe: Callable[[Op, "Domain"], None] | None = None) -> "Domain":
+    """Push ``state`` through ``ops`` in order (the one propagation loop every domain shares).  ``observe(op,
+    state)``, if given, sees the state entering each of these ops (not those inside a residual block): e.g. the
+    pre-activation bounds of each ReLU, for a regulariser."""
     for op in ops:
+        if observe is not None:
+            observe(op, state)
         state = op.apply(state)
     return state
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.bounds.base import Domain, get_domain
-from pipeline.bounds.graph import fold_spec, propagate, to_ops
+from pipeline.bounds.graph import Op, fold_spec, propagate, to_ops
 from pipeline.bounds.interval import IntervalDomain
 from pipeline.bounds.kernels import eager_kernels
 from pipeline.bounds.rounding import margin_rounding_bounds
@@ -58,11 +59,13 @@ def bound_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
 
 def margin_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                        domain: str | type[Domain], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        domain: str | type[Domain], dtype: torch.dtype = torch.float32,
+                        observe: Callable[[Op, Domain], None] | None = None) -> torch.Tensor:
     """The ``lb`` of :func:`bound_margins` alone, ``[B, 10]`` (entry ``y`` is 0), for less work: only the nine
     margins ``z_y - z_j``, ``j != y``, are propagated (the spec row ``y`` is zero), and domains whose upper bound
     costs extra (the backward ones: a second set of rows) skip it.  The same bound as
     ``bound_margins(...)[0]`` (products of other shapes may round differently, ~1e-17 in float64).
+    ``observe``: see :func:`~pipeline.bounds.graph.propagate` (the intermediate states of the same pass).
     """
     cls = get_domain(domain) if isinstance(domain, str) else domain
     n = 10
@@ -71,7 +74,7 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     spec = margin_spec(y, n, dtype).gather(1, others[..., None].expand(-1, -1, n))  # [B, 9, 10]
     ops = fold_spec(to_ops(model, dtype), spec)
     lo, hi = input_box(x.to(dtype), eps)
-    lb9 = propagate(ops, cls.from_box(lo, hi)).concretize_lower()
+    lb9 = propagate(ops, cls.from_box(lo, hi), observe).concretize_lower()
     return lb9.new_zeros(len(y), n).scatter(1, others, lb9)
 
 

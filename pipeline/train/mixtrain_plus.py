@@ -20,6 +20,9 @@ Added (each a parameter, so an ablation is a run override; docs/mixtrain_plus.md
 - ε and α warm-up: the trainer's ε ramp (``eps_ramp_epochs``), and with ``alpha_warmup`` the robust weight
   scaled by ε / target ε during the ramp, so training starts natural.
 - ``eps_train_factor``: train at ``factor · ε`` (clipped to 1), Gowal et al.'s trick for a margin at test ε.
+- ``warmup_reg`` (λ; optional, 0 = off): Shi et al. 2021's warm-up regularisers (interval-bound tightness and ReLU
+  balance, :mod:`pipeline.train.warmup_reg`) on the whole batch's IBP pass, weighted ``λ · (1 − ε / target ε)``,
+  so they act only while ε ramps.  Needs ``batch_domain: interval`` (they read its pre-activation bounds).
 
 Threat model: L∞ ball of radius ε around pixel images in [0, 1].  Shapes: ``x`` ``[B, C, H, W]``, ``y`` ``[B]``.
 Loss = ``(1 - α) · CE(natural) + α · robust``; with α = 0 only the natural term is computed.
@@ -35,6 +38,7 @@ from pipeline.bounds import get_domain, margin_lower_bounds, verified_loss
 from pipeline.train.alpha import alpha_schedule
 from pipeline.train.mixtrain import AlphaMixedMethod, sample_indices
 from pipeline.train.registry import bool_param, int_param, number_param, register_method
+from pipeline.train.warmup_reg import ReluInputs, warmup_regularizer
 
 __all__ = ["MixTrainPlus", "ibp_init"]
 
@@ -77,6 +81,11 @@ class MixTrainPlus(AlphaMixedMethod):
         self.init = params["init"]
         self.alpha = alpha_schedule(params.get("alpha"), params.get("alpha_rule"))
         self.alpha_warmup = bool_param(params, "mixtrain_plus", "alpha_warmup")
+        self.warmup_reg = number_param(params, "mixtrain_plus", "warmup_reg", default=0.0)  # optional: 0 = off
+        if self.warmup_reg > 0 and params.get("batch_domain") != "interval":
+            raise ValueError(f"mixtrain_plus warmup_reg: the regularisers read interval pre-activation bounds; expected "
+                             f"batch_domain 'interval' with warmup_reg {self.warmup_reg!r}, got "
+                             f"{params.get('batch_domain')!r}")
 
     def prepare_model(self, model: nn.Module) -> None:
         if self.init == "ibp":
@@ -91,8 +100,15 @@ class MixTrainPlus(AlphaMixedMethod):
         if a == 0 or eps <= 0:
             return natural, stats
         eps_t = min(1.0, self.eps_train_factor * eps)
-        robust = batch_loss = verified_loss(margin_lower_bounds(model, x, y, eps_t, self.batch_domain), y)
+        reg_weight = self.warmup_reg * max(0.0, 1.0 - eps / self.target_eps) if self.target_eps > 0 else 0.0
+        observed = ReluInputs() if reg_weight > 0 else None
+        robust = batch_loss = verified_loss(margin_lower_bounds(model, x, y, eps_t, self.batch_domain,
+                                                                observe=observed), y)
         stats["batch_verified_loss"] = batch_loss.item()
+        reg = 0.0
+        if observed is not None:
+            reg = reg_weight * warmup_regularizer(observed)
+            stats["warmup_reg"] = reg.detach().item()
         tw = self.tight_weight if self.tight_max_eps is None or self.target_eps <= self.tight_max_eps else 0.0
         if self.tight_schedule == "ramp_down" and self.target_eps > 0:
             tw *= max(0.0, 1.0 - eps / self.target_eps)
@@ -103,4 +119,4 @@ class MixTrainPlus(AlphaMixedMethod):
             tight = verified_loss(margin_lower_bounds(model, x[idx], y[idx], eps_t, self.domain), y[idx])
             stats["verified_loss"] = tight.item()
             robust = (1 - tw) * batch_loss + tw * tight
-        return (1 - a) * natural + a * robust, stats
+        return (1 - a) * natural + a * robust + reg, stats
