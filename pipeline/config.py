@@ -350,13 +350,15 @@ def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
             if r not in runs:
                 raise ConfigError(f"tables.{t}: run {r!r} is not defined under 'runs'")
     runs, tables, figures = _scale_subset(scales[scale], scale, runs, tables, parse_figures(raw.get("figures"), runs))
+    memory_cap_gib = _num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, hi=1e6, allow_none=True)
+    if scales[scale].memory_cap_gib is not None:  # the scale's own cap wins (scales.<scale>.memory_cap_gib)
+        memory_cap_gib = scales[scale].memory_cap_gib
     return Params(
         root=root, scale=scale, data_root=data_root.resolve(),
         seed=_num(_req(raw, "seed", "params"), "seed", lo=0, hi=2**32 - 1, integer=True),
         k=_num(_req(raw, "k", "params"), "k", lo=1, hi=100000, integer=True), device=device,
         threads=_num(_req(raw, "threads", "params"), "threads", lo=0, hi=4096, integer=True),
-        memory_cap_gib=_num(_req(raw, "memory_cap_gib", "params"), "memory_cap_gib", lo=0.001, hi=1e6,
-                            allow_none=True),
+        memory_cap_gib=memory_cap_gib,
         val_size=val_size,
         split_seed=_num(_req(data, "split_seed", "data"), "data.split_seed", lo=0, hi=2**32 - 1, integer=True),
         pin_memory=pin_memory, prefetch_batches=prefetch_batches, mixed_precision=mixed_precision,

@@ -118,7 +118,8 @@ def train_configs(p: Params, data: dict[str, dict[str, str]] | None = None) -> d
     ``"<dataset>-<split>"`` -> that split's file hashes, carried into the configs (``data_sha256``)."""
     out: dict[str, TrainConfig] = {}
     base = asdict(p.scale_config)
-    for key in ("time_budget_s", "runs", "schedule_overrides"):  # a reporting budget (Table V) and the grid's shape
+    # a reporting budget (Table V), the grid's shape, and the memory cap (a field of its own, resolved in Params)
+    for key in ("time_budget_s", "runs", "schedule_overrides", "memory_cap_gib"):
         base.pop(key)
     overrides = p.scale_config.schedule_overrides or {}
     for run in p.runs.values():

@@ -43,13 +43,16 @@ class ScaleConfig:
     #: time_limit_min}
     #: replacing this scale's schedule for that method's runs (a run id's entry wins over its method's)
     schedule_overrides: dict | None = None
+    #: this scale's per-training memory cap in GiB, replacing the top-level ``memory_cap_gib`` (null: the top-level
+    #: one); smoke lowers it so that two trainings at once stay inside a 24 GiB machine
+    memory_cap_gib: float | None = None
 
     RANGES: ClassVar[dict[str, tuple[Any, Any, str]]] = {
         "epochs": (1, 100000, "[]"), "batch_size": (1, 100000, "[]"), "train_limit": _ANY,
         "batches_per_epoch": _ANY, "val_limit": _ANY, "test_images": (1, TEST_SUBSET_SIZE, "[]"),
         "test_images_large": (1, TEST_SUBSET_SIZE, "[]"), "eps_ramp_epochs": (0, 100000, "[]"),
         "lr_decay_every": _ANY, "val_vra_images": (0, None, "[]"), "time_budget_s": (0, None, "(]"),
-        "figure_images": _ANY, "table1_max_runs": _ANY}
+        "figure_images": _ANY, "table1_max_runs": _ANY, "memory_cap_gib": (0.001, 1e6, "[]")}
 
     def check(self, where: str) -> None:
         if self.runs is not None and (not isinstance(self.runs, list) or not self.runs

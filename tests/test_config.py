@@ -29,6 +29,8 @@ def test_committed_params_are_valid():
     (lambda r: r.update(k=0), r"k: 0 out of range"),
     (lambda r: r.update(k="five"), "k: expected an integer"),
     (lambda r: r.update(memory_cap_gib=float("nan")), "memory_cap_gib: expected a finite number"),
+    (lambda r: r["scales"]["smoke"].update(memory_cap_gib=0), r"scales.smoke.memory_cap_gib: 0 out of range"),
+    (lambda r: r["scales"]["smoke"].update(memory_cap_gib="8G"), "scales.smoke.memory_cap_gib: expected a number"),
     (lambda r: r["verify"].update(margin_tol=float("inf")), "verify.margin_tol: expected a finite number"),
     (lambda r: r.update(figures={"fig9": {}}), "figures: expected a mapping with any of the keys"),
     (lambda r: r["figures"].update(fig7=["natural-MNIST_Small-eps0.1", "natural-MNIST_Small-eps0.3"]),
@@ -98,6 +100,16 @@ def test_top_level_k_reaches_only_runs_that_follow_it():
     differing = sorted(t for t in base if base[t].digest() != changed[t].digest())
     assert differing and all(t.startswith("mixtrain-") and "-k" not in t.split("-eps")[0][8:] for t in differing)
     assert "mixtrain-k20-CIFAR_Small-eps2_255" not in differing
+
+
+def test_a_scale_memory_cap_replaces_the_top_level_one():
+    """scales.<s>.memory_cap_gib wins at that scale only; the schedule (and so the digests of runs) does not carry it."""
+    smoke = _load(lambda r: r.update(scale="smoke"))
+    cpu = _load(lambda r: r.update(scale="cpu"))
+    assert smoke.memory_cap_gib == RAW["scales"]["smoke"]["memory_cap_gib"] != RAW["memory_cap_gib"]
+    assert cpu.memory_cap_gib == RAW["memory_cap_gib"]
+    cfg = next(iter(train_configs(smoke).values()))
+    assert cfg.memory_cap_gib == smoke.memory_cap_gib and "memory_cap_gib" not in cfg.schedule
 
 
 def test_digest_ignores_location_and_device():

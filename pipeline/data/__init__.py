@@ -1,22 +1,8 @@
-"""Data loading: safe IDX/CIFAR parsers, datasets, train/val split and committed test subsets."""
+"""Data loading: safe IDX/CIFAR parsers, datasets, train/val split and committed test subsets.
 
-from pipeline.data.cifar import read_cifar_batch
-from pipeline.data.datasets import (
-    DATASET_NAMES,
-    NORMALIZATION,
-    SUBSET_DIR,
-    Dataset,
-    Normalization,
-    Split,
-    load_dataset,
-    load_split,
-    load_test_subset,
-    make_test_subset,
-    split_train_val,
-    subset_indices,
-    subset_path,
-)
-from pipeline.data.idx import read_idx
+Names are imported on first use (:mod:`pipeline.utils.lazy`): :mod:`pipeline.data.manifest` and
+:mod:`pipeline.data.files` stay importable without torch."""
+from pipeline.utils.lazy import lazy_attributes
 
 __all__ = [
     "DATASET_NAMES",
@@ -35,3 +21,7 @@ __all__ = [
     "subset_indices",
     "subset_path",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    **{name: "pipeline.data.datasets" for name in __all__ if name not in ("read_cifar_batch", "read_idx")},
+    "read_cifar_batch": "pipeline.data.cifar", "read_idx": "pipeline.data.idx"})

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.data.cifar import read_cifar_batch
+from pipeline.data.files import CIFAR_FILES, MNIST_FILES
 from pipeline.data.idx import read_idx
 from pipeline.errors import DataError
 
@@ -30,10 +31,8 @@ __all__ = [
 DATASET_NAMES: tuple[str, ...] = ("mnist", "cifar10")
 SUBSET_DIR: Path = Path(__file__).resolve().parent / "subsets"
 
-_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
-                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000)}
+_MNIST_FILES, _CIFAR_FILES = MNIST_FILES, CIFAR_FILES
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
-_CIFAR_FILES = {"train": (tuple(f"data_batch_{i}" for i in range(1, 6)), 50000), "test": (("test_batch",), 10000)}
 _SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.data.datasets import _CIFAR_FILES, _MNIST_FILES
+from pipeline.data.files import CIFAR_FILES as _CIFAR_FILES, MNIST_FILES as _MNIST_FILES
 from pipeline.errors import DataError
 from pipeline.utils.io import sha256_file
 

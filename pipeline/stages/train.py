@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 
-import torch
-
+# The supervising process imports nothing that imports torch (seconds per job, paid once per training by the
+# worker alone); the worker's imports are in worker().  tests/test_memory_cap.py checks it.
 from pipeline.data.manifest import check_hashes
 from pipeline.runconfig import TrainConfig
-from pipeline.train import train
-from pipeline.utils import atomic_save_torch, atomic_write_json, provenance, resolve_device, sha256_file
-from pipeline.utils.io import remove_stale_temp_files
-from pipeline.utils.provenance import record_code_version
+from pipeline.utils.io import atomic_save_torch, atomic_write_json, remove_stale_temp_files, sha256_file
 from pipeline.utils.memcap import OOM_EXIT, cap_cuda_memory, die_with_parent, run_capped
+
+#: the worker creates this file in the run's folder when it finds itself on CUDA, where it caps its allocator
+#: instead, and the supervisor stops capping host memory (``device: auto`` is resolved by the worker's torch only)
+ON_CUDA_FLAG = ".worker-on-cuda"
 
 
 def _cap_bytes(cfg: TrainConfig) -> int | None:
@@ -38,14 +38,25 @@ def _cap_bytes(cfg: TrainConfig) -> int | None:
 
 def _is_out_of_memory(e: BaseException) -> bool:
     """CUDA OOM, Python's MemoryError, or the CPU allocator refusing a tensor larger than the host can give."""
+    import torch
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
 
 
 def worker(cfg: TrainConfig, config_path: Path, out: Path) -> int:
+    import resource
+
+    import torch
+
+    from pipeline.train import train
+    from pipeline.utils.provenance import provenance, record_code_version, resolve_device
+
     die_with_parent()
     record_code_version()
     data_sha256 = check_hashes(cfg.data_root, cfg.dataset, "train", cfg.data_sha256)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ON_CUDA_FLAG).touch()
     cap_cuda_memory(device, _cap_bytes(cfg))
     try:
         result = train(cfg, out, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -82,7 +93,12 @@ def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
     for tmp in remove_stale_temp_files(out):
         print(f"{cfg.train_id}: removed {tmp} (left by an interrupted write)", file=sys.stderr)
     cmd = [sys.executable, "-m", "pipeline.stages.train", "--config", str(config_path), "--out", str(out), "--worker"]
-    res = run_capped(cmd, _cap_bytes(cfg) if resolve_device(cfg.device).type == "cpu" else None)
+    flag = out / ON_CUDA_FLAG
+    flag.unlink(missing_ok=True)
+    try:
+        res = run_capped(cmd, None if cfg.device == "cuda" else _cap_bytes(cfg), lift_cap_file=flag)
+    finally:
+        flag.unlink(missing_ok=True)
     if not res.out_of_memory:
         return res.returncode
     oom = out / "oom.json"
@@ -93,6 +109,7 @@ def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
         oom.unlink()
     print(f"{cfg.train_id}: out of memory (peak >= {peak:.0f} MB, cap {cfg.memory_cap_gib} GiB); reported as such",
           file=sys.stderr)
+    from pipeline.utils.provenance import provenance, resolve_device
     model_path = out / "model.pt"
     atomic_save_torch(model_path, {})
     atomic_write_json(out / "train.json", {

@@ -14,11 +14,12 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.errors import CheckpointError, DiskFullError
+
+if TYPE_CHECKING:  # torch is imported where it is used: supervising processes import this module without it
+    import torch
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_save_torch", "load_checkpoint", "sha256_file",
            "remove_stale_temp_files", "TEMP_GLOB"]
@@ -84,11 +85,13 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 
 
 def atomic_save_torch(path: Path | str, obj: Any) -> None:
+    import torch
     _atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(..., weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

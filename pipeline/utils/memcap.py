@@ -56,9 +56,11 @@ def _pdeathsig_for(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def run_capped(cmd: list[str], cap_bytes: int | None, poll_s: float = 0.05, **popen_kwargs) -> CapResult:
+def run_capped(cmd: list[str], cap_bytes: int | None, poll_s: float = 0.05, lift_cap_file: Path | None = None,
+               **popen_kwargs) -> CapResult:
     """Run ``cmd``; kill it if its RSS exceeds ``cap_bytes`` (``None``: no cap, still measured).  The child is
-    killed with this process (Linux), also if this process is SIGKILLed."""
+    killed with this process (Linux), also if this process is SIGKILLed.  Once ``lift_cap_file`` exists the cap is
+    lifted (RSS still measured): the child creates it when it finds itself on CUDA and caps its allocator instead."""
     if sys.platform.startswith("linux"):
         popen_kwargs.setdefault("preexec_fn", _pdeathsig_for(os.getpid()))
     proc = subprocess.Popen(cmd, **popen_kwargs)
@@ -68,6 +70,8 @@ def run_capped(cmd: list[str], cap_bytes: int | None, poll_s: float = 0.05, **po
             rss = rss_bytes(proc.pid)
             if rss is not None:
                 peak = max(peak, rss)
+                if cap_bytes is not None and lift_cap_file is not None and lift_cap_file.exists():
+                    cap_bytes = None
                 if cap_bytes is not None and rss > cap_bytes:
                     proc.kill()
                     killed = True
