@@ -36,15 +36,6 @@ def test_run_capped_lifts_the_cap_once_the_child_creates_the_flag_file(tmp_path)
     assert run_capped(no_flag, cap_bytes=200 * 2**20, lift_cap_file=flag).out_of_memory
 
 
-def test_the_training_supervisor_does_not_import_torch():
-    """The stage's supervising process only spawns and watches the worker: importing torch there cost every training
-    job seconds (56 of them in the smoke grid; docs/performance.md)."""
-    code = ("import sys; import pipeline.stages.train, pipeline.data.manifest, pipeline.utils.memcap; "
-            "sys.exit('torch' in sys.modules)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, "importing the training stage's supervisor imported torch" + p.stderr
-
-
 @needs_data
 def test_training_over_the_cap_is_reported_out_of_memory(tmp_path):
     cfg = replace(CFG, train_id="mixtrain-oom", memory_cap_gib=0.05)

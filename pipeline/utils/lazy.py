@@ -8,6 +8,7 @@ import (seconds per Snakemake job; docs/performance.md).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, Callable
 
 __all__ = ["lazy_attributes"]
@@ -16,6 +17,11 @@ __all__ = ["lazy_attributes"]
 def lazy_attributes(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package`` whose public ``names`` map to the submodule defining each."""
     namespace = importlib.import_module(package).__dict__
+    # a lazy name that is also a submodule's would be shadowed by the submodule once anything imports it (Python sets
+    # the package attribute), and ``from package import name`` would then return the module
+    clash = sorted(n for n in names if importlib.util.find_spec(f"{package}.{n}") is not None)
+    if clash:
+        raise ImportError(f"{package}: lazy names {clash} are also submodule names; import them eagerly instead")
 
     def __getattr__(name: str) -> Any:
         module = names.get(name)

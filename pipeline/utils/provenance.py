@@ -5,9 +5,10 @@ import functools
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: the training stage's supervisor imports this module without torch
+    import torch
 
 __all__ = ["provenance", "resolve_device", "git_commit", "record_code_version"]
 
@@ -44,6 +45,7 @@ def resolve_device(requested: str) -> torch.device:
     model's forward pass carries ~1e-3 relative error, far above the rounding the certification's ``margin_tol``
     covers, so predictions, attacks and re-checks would not be the float32 model the bounds are about.
     """
+    import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if requested == "auto":
@@ -57,6 +59,7 @@ def provenance(device: torch.device, params_digest: str, dtype: str = "float32",
                checkpoint_sha256: str | None = None, data_sha256: dict[str, str] | None = None) -> dict[str, Any]:
     """What a result was computed with; ``data_sha256``: each dataset file the run read (path under the data root)
     -> its sha256, so the tables can refuse to put rows computed on different data side by side."""
+    import torch
     return {
         "commit": git_commit(Path(__file__).resolve().parents[2]),
         "params_digest": params_digest,
