@@ -42,6 +42,10 @@ from pipeline.data import NORMALIZATION  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.train import train, training_indices  # noqa: E402
 
+#: the deeper learning-rate decay of the full-length variants: x0.25 every third of the epochs
+DEEP_DECAY = {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}
+#: the CROWN-IBP bound on 10 samples per batch as the tight term
+CROWN_IBP_K10 = {"k": 10, "domain": "backward_ibp"}
 #: variant -> (hyperparameter changes, ms per step at batch 50 on one thread used to size its schedule); a
 #: ``"schedule"`` entry among the changes is a schedule change (the scale's schedule_overrides keys), not a method one
 VARIANTS = {
@@ -56,26 +60,26 @@ VARIANTS = {
     "eps_train1.2": ({"eps_train_factor": 1.2}, 25),               # train at 1.2 ε
     # a deeper learning-rate decay (x0.25 instead of x0.6 per step; with --pipeline-schedule, every
     # lr_decay_every_frac of the epochs): the low-rate end phase of Gowal et al.'s schedule
-    "lr_decay0.25": ({"schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+    "lr_decay0.25": ({"schedule": DEEP_DECAY}, 25),
     # CROWN-IBP's bound (backward_ibp) on 10 samples per batch, its weight fading from 1 to 0 over the ε ramp,
     # with the deeper decay; the step costs more only during the ramp
-    "crown_ibp_ramp_k10": ({"k": 10, "domain": "backward_ibp", "tight_weight": 1.0, "tight_schedule": "ramp_down",
-                            "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+    "crown_ibp_ramp_k10": ({**CROWN_IBP_K10, "tight_weight": 1.0, "tight_schedule": "ramp_down",
+                            "schedule": DEEP_DECAY}, 25),
     "lr_decay0.25_eps_train1.2": ({"eps_train_factor": 1.2,
-                                   "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 25),
+                                   "schedule": DEEP_DECAY}, 25),
     # the CROWN-IBP term kept for the whole run at half weight (the ramp-down variant's curve was flat after the
     # ramp), alone and with a lower α ceiling (more natural loss, for accuracy)
-    "crown_ibp_const0.5_k10": ({"k": 10, "domain": "backward_ibp", "tight_weight": 0.5, "tight_schedule": "constant",
-                                "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 55),
+    "crown_ibp_const0.5_k10": ({**CROWN_IBP_K10, "tight_weight": 0.5, "tight_schedule": "constant",
+                                "schedule": DEEP_DECAY}, 55),
     # Shi et al. 2021's warm-up regularisers (tightness + ReLU balance, weight 0.5 fading with the ramp)
     "warmup_reg0.5": ({"warmup_reg": 0.5}, 27),
     # a longer ε ramp: half of the epochs instead of a third (at ε = 0.3: 18 of 36)
     "eps_ramp_half": ({"schedule": {"eps_ramp_frac": 0.5}}, 25),
-    "crown_ibp_const0.5_k10_alpha_max0.8": ({"k": 10, "domain": "backward_ibp", "tight_weight": 0.5,
+    "crown_ibp_const0.5_k10_alpha_max0.8": ({**CROWN_IBP_K10, "tight_weight": 0.5,
                                              "tight_schedule": "constant",
                                              "alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.8,
                                                             "min": 0.5, "every": 1},
-                                             "schedule": {"lr_decay_factor": 0.25, "lr_decay_every_frac": 1 / 3}}, 55),
+                                             "schedule": DEEP_DECAY}, 55),
 }
 
 
@@ -148,12 +152,10 @@ def main() -> int:
             sched = {**base.schedule, "epochs": epochs, "batches_per_epoch": per_epoch, "val_vra_images": 0,
                      "eps_ramp_epochs": max(1, math.ceil(args.ramp_frac * epochs)),
                      "lr_decay_every": max(1, epochs // 4), "time_limit_min": args.minutes}
-        frac = sched_changes.pop("lr_decay_every_frac", None)
-        if frac is not None:
-            sched_changes["lr_decay_every"] = max(1, round(frac * epochs))
-        frac = sched_changes.pop("eps_ramp_frac", None)
-        if frac is not None:
-            sched_changes["eps_ramp_epochs"] = max(1, round(frac * epochs))
+        for frac_key, key in (("lr_decay_every_frac", "lr_decay_every"), ("eps_ramp_frac", "eps_ramp_epochs")):
+            frac = sched_changes.pop(frac_key, None)  # a fraction of the epochs, made a number of epochs
+            if frac is not None:
+                sched_changes[key] = max(1, round(frac * epochs))
         sched.update(sched_changes)
         cfg = dataclasses.replace(base, schedule=sched, method_params={**base.method_params, **changes},
                                   threads=args.threads)

@@ -5,7 +5,8 @@
 
 Prints the run's elapsed time, each rule's job count and summed job time (from the log's "[date] rule ..." line to
 its "Finished jobid" line, whole seconds), the summed time of the jobs that hold the ``gpu`` token (trainings: with
-``--resources gpu=1`` they run one at a time, so their sum is a floor on the run's wall time), and the slowest jobs.
+``--resources gpu=N`` at most N run at once, so that sum / N is a floor on the run's wall time), and the slowest
+jobs.
 Used for docs/performance.md's smoke-pipeline numbers.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def jobs(log: str) -> tuple[list[dict], float | None]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("log", nargs="?", type=Path, help="a Snakemake log (default: the newest in .snakemake/log)")
-    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--top", type=int, default=10, help="how many of the slowest jobs to list (>= 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     log = args.log
@@ -65,6 +66,8 @@ def main() -> int:
         log = logs[-1]
     if not log.is_file():
         ap.error(f"log: {log} is not a file")
+    if args.top < 0:
+        ap.error(f"--top: expected a number >= 0, got {args.top}")
     done, elapsed = jobs(log.read_text())
     per_rule = collections.defaultdict(lambda: [0, 0.0])
     for j in done:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_data
 from pipeline.utils.lazy import lazy_attributes
 
 
@@ -42,3 +42,21 @@ def test_package_names_are_the_functions_whatever_was_imported_first(first):
 def test_a_lazy_name_that_is_a_submodule_is_refused():
     with pytest.raises(ImportError, match=r"lazy names \['provenance'\] are also submodule names"):
         lazy_attributes("pipeline.utils", {"provenance": "pipeline.utils.provenance"})
+
+
+@needs_data
+def test_the_supervisor_runs_a_stage_without_importing_torch(tmp_path):
+    """Not only the imports: main() up to the spawned worker (run_capped stubbed) leaves torch unimported."""
+    from dataclasses import replace
+
+    from test_train_resume import CFG
+    (tmp_path / "train.json").write_text(replace(CFG, train_id="supervised").to_json())
+    p = _python("import sys\n"
+                "import pipeline.stages.train as stage\n"
+                "from pipeline.utils.memcap import CapResult\n"
+                "calls = []\n"
+                "stage.run_capped = lambda cmd, cap, **kw: calls.append(cmd) or CapResult(0, False, 0.0)\n"
+                f"rc = stage.main(['--config', {str(tmp_path / 'train.json')!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+                "assert rc == 0 and calls and '--worker' in calls[0], (rc, calls)\n"
+                "sys.exit('torch' in sys.modules)\n")
+    assert p.returncode == 0, "the supervisor imported torch while running the stage" + p.stderr

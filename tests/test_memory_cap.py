@@ -8,15 +8,18 @@ from dataclasses import replace
 
 from conftest import ROOT, needs_data
 from pipeline.stages.tables import render, time_to_target
+from pipeline.stages.train import ON_CUDA_FLAG
 from pipeline.utils.memcap import run_capped
 from test_evaluate import ATTACKS
 from test_train_resume import CFG
 
 
+#: a child holding 400 MiB (touched, so resident) for 30 s
+HOG = "b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(30)"
+
+
 def test_run_capped_kills_above_cap_and_measures_peak():
-    hog = [sys.executable, "-c", "import time; b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
-                                 "time.sleep(30)"]
-    res = run_capped(hog, cap_bytes=200 * 2**20)
+    res = run_capped([sys.executable, "-c", HOG], cap_bytes=200 * 2**20)
     assert res.out_of_memory and res.returncode != 0 and res.peak_rss_mb > 200
     ok = run_capped([sys.executable, "-c", "print('hi')"], cap_bytes=2**30, stdout=subprocess.DEVNULL)
     assert not ok.out_of_memory and ok.returncode == 0 and ok.peak_rss_mb >= 0
@@ -27,13 +30,11 @@ def test_run_capped_lifts_the_cap_once_the_child_creates_the_flag_file(tmp_path)
     (the same hog as above, which the cap kills without the flag)."""
     flag = tmp_path / "on-cuda"
     hog = [sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(0.3); "
-                                 "b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"]
+                                 + HOG.replace("time.sleep(30)", "time.sleep(0.3)")]
     res = run_capped(hog, cap_bytes=200 * 2**20, lift_cap_file=flag)
     assert not res.out_of_memory and res.returncode == 0 and res.peak_rss_mb > 200
     flag.unlink()
-    no_flag = [sys.executable, "-c", "import time; b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
-                                     "time.sleep(30)"]
-    assert run_capped(no_flag, cap_bytes=200 * 2**20, lift_cap_file=flag).out_of_memory
+    assert run_capped([sys.executable, "-c", HOG], cap_bytes=200 * 2**20, lift_cap_file=flag).out_of_memory
 
 
 @needs_data
@@ -42,11 +43,17 @@ def test_training_over_the_cap_is_reported_out_of_memory(tmp_path):
     (tmp_path / "train.json").write_text(cfg.to_json())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "run"
+    # what a supervisor SIGKILLed earlier may leave: a CUDA worker's flag (it would lift the cap) and a worker's
+    # out-of-memory report (it would speak for this attempt); neither may change this CPU attempt's outcome
+    out.mkdir()
+    (out / ON_CUDA_FLAG).touch()
+    (out / "oom.json").write_text(json.dumps({"peak_mem_mb": 1.0, "peak_mem_kind": "left over"}))
     p = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--config", str(tmp_path / "train.json"),
                         "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     info = json.loads((out / "train.json").read_text())
     assert info["status"] == "out_of_memory" and info["peak_mem_mb"] > 0.05 * 1024
+    assert info["peak_mem_kind"] != "left over" and not (out / ON_CUDA_FLAG).exists()
     assert "out of memory" in p.stderr
     eval_cfg = {"run_id": "mixtrain-oom", "train_id": "mixtrain-oom", "scale": "test", "method": "mixtrain",
                 "model": "MNIST_Small", "dataset": "mnist", "eps": 0.1, "eps_text": "0.1", "test_images": 4,

@@ -126,7 +126,7 @@ def test_warmup_regularizer_values_on_hand_made_bounds():
     inputs = ReluInputs()
     inputs.input = (torch.zeros(2, 3), torch.full((2, 3), 2.0))                # mean radius 1
     centre = torch.tensor([[3.0, -3.0, 5.0, -5.0]]).repeat(2, 1)              # active/inactive mirror images
-    inputs.pre = [(centre - 4, centre + 4)]                                   # radius 4: no neuron is stable
+    inputs.pre = [(centre - 4, centre + 4)]                                   # radius 4: ±3 unstable, ±5 mirrored
     assert warmup_regularizer(inputs).item() == pytest.approx(0.5)
     inputs.pre = [(centre - 1, centre + 1)]                                   # radius 1: tight, balanced
     assert warmup_regularizer(inputs).item() == pytest.approx(0.0)
@@ -137,10 +137,27 @@ def test_warmup_regularizer_values_on_hand_made_bounds():
     var_ratio = min((dev[0, 0] + dev[0, 2]) / (dev[0, 1] + dev[0, 3]), (dev[0, 1] + dev[0, 3]) / (dev[0, 0] + dev[0, 2]))
     expected = ((0.5 - mean_ratio) + max(0.0, 0.5 - var_ratio.item())) / 0.5
     assert warmup_regularizer(inputs).item() == pytest.approx(expected, rel=1e-5)
-    inputs.pre = [(centre.abs() - 1, centre.abs() + 1)]                       # all active: ratios not finite
-    assert warmup_regularizer(inputs).item() == pytest.approx(0.0)
+    for one_sided in (centre.abs(), -centre.abs()):                           # all active / all inactive:
+        inputs.pre = [(one_sided - 1, one_sided + 1)]                         # no balance term (tight: no term)
+        assert warmup_regularizer(inputs).item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="no affine input or no ReLU"):
         warmup_regularizer(ReluInputs())
+    with pytest.raises(ValueError, match=r"tau: expected a number in \(0, 1\], got 0"):
+        warmup_regularizer(inputs, tau=0)
+
+
+def test_observing_a_pass_sees_the_relus_inside_residual_blocks_and_changes_no_bound():
+    torch.manual_seed(0)
+    model = build_model("CIFAR_Resnet", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
+    observed = ReluInputs()
+    lb = margin_lower_bounds(model, x, y, 2 / 255, "interval", observe=observed)
+    assert torch.equal(lb, margin_lower_bounds(model, x, y, 2 / 255, "interval"))
+    assert len(observed.pre) == sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 10
+    seen = []  # a backward domain's states are lazy (concretising one is a back-substitution): only look at the ops
+    lb = margin_lower_bounds(model, x, y, 2 / 255, "backward_ibp", observe=lambda op, state: seen.append(op))
+    assert torch.equal(lb, margin_lower_bounds(model, x, y, 2 / 255, "backward_ibp"))
+    assert sum(type(op).__name__ == "ReLU" for op in seen) == 10
 
 
 def test_warmup_reg_reads_the_loss_pass_and_fades_with_the_ramp():

@@ -86,12 +86,18 @@ Op = Union[Linear, Conv, ChannelAffine, Flatten, ReLU, Residual]
 def propagate(ops: tuple[Op, ...] | list[Op], state: "Domain",
               observe: Callable[[Op, "Domain"], None] | None = None) -> "Domain":
     """Push ``state`` through ``ops`` in order (the one propagation loop every domain shares).  ``observe(op,
-    state)``, if given, sees the state entering each of these ops (not those inside a residual block): e.g. the
-    pre-activation bounds of each ReLU, for a regulariser."""
+    state)``, if given, sees the state entering each op, those inside residual blocks included (each branch in turn,
+    main then shortcut): e.g. the pre-activation bounds of every ReLU, for a regulariser.  The same operations in
+    the same order either way, so observing never changes a bound."""
     for op in ops:
-        if observe is not None:
-            observe(op, state)
-        state = op.apply(state)
+        if observe is None:
+            state = op.apply(state)
+            continue
+        observe(op, state)
+        if isinstance(op, Residual):
+            state = propagate(op.main, state, observe).add(propagate(op.shortcut, state, observe))
+        else:
+            state = op.apply(state)
     return state
 
 

@@ -31,7 +31,6 @@ __all__ = [
 DATASET_NAMES: tuple[str, ...] = ("mnist", "cifar10")
 SUBSET_DIR: Path = Path(__file__).resolve().parent / "subsets"
 
-_MNIST_FILES, _CIFAR_FILES = MNIST_FILES, CIFAR_FILES
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 _SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -90,7 +89,7 @@ def _check_name(name: str) -> None:
 
 
 def _load_mnist(root: Path, split: str) -> Split:
-    img_name, lbl_name, expected = _MNIST_FILES[split]
+    img_name, lbl_name, expected = MNIST_FILES[split]
     folder = root / "mnist"
     paths = (folder / img_name, folder / lbl_name)
     for p in paths:
@@ -107,7 +106,7 @@ def _load_mnist(root: Path, split: str) -> Split:
 
 
 def _load_cifar(root: Path, split: str) -> Split:
-    names, expected = _CIFAR_FILES[split]
+    names, expected = CIFAR_FILES[split]
     folder = root / "cifar-10-batches-py"
     xs, ys, ids = [], [], []
     for fname in names:

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.data.files import CIFAR_FILES as _CIFAR_FILES, MNIST_FILES as _MNIST_FILES
+from pipeline.data.files import CIFAR_FILES, MNIST_FILES
 from pipeline.errors import DataError
 from pipeline.utils.io import sha256_file
 
@@ -34,9 +34,9 @@ def split_files(dataset: str, split: str) -> tuple[str, ...]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     if dataset == "mnist":
-        return tuple(f"mnist/{n}" for n in _MNIST_FILES[split][:2])
+        return tuple(f"mnist/{n}" for n in MNIST_FILES[split][:2])
     if dataset == "cifar10":
-        return tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR_FILES[split][0])
+        return tuple(f"cifar-10-batches-py/{n}" for n in CIFAR_FILES[split][0])
     raise DataError(f"unknown dataset {dataset!r}; expected 'mnist' or 'cifar10'")
 
 

@@ -21,11 +21,12 @@ import sys
 from pathlib import Path
 
 # The supervising process imports nothing that imports torch (seconds per job, paid once per training by the
-# worker alone); the worker's imports are in worker().  tests/test_memory_cap.py checks it.
+# worker alone); the worker's imports are in worker().  tests/test_imports.py checks it.
 from pipeline.data.manifest import check_hashes
 from pipeline.runconfig import TrainConfig
 from pipeline.utils.io import atomic_save_torch, atomic_write_json, remove_stale_temp_files, sha256_file
 from pipeline.utils.memcap import OOM_EXIT, cap_cuda_memory, die_with_parent, run_capped
+from pipeline.utils.provenance import provenance, record_code_version, resolve_device
 
 #: the worker creates this file in the run's folder when it finds itself on CUDA, where it caps its allocator
 #: instead, and the supervisor stops capping host memory (``device: auto`` is resolved by the worker's torch only)
@@ -48,7 +49,6 @@ def worker(cfg: TrainConfig, config_path: Path, out: Path) -> int:
     import torch
 
     from pipeline.train import train
-    from pipeline.utils.provenance import provenance, record_code_version, resolve_device
 
     die_with_parent()
     record_code_version()
@@ -94,7 +94,8 @@ def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
         print(f"{cfg.train_id}: removed {tmp} (left by an interrupted write)", file=sys.stderr)
     cmd = [sys.executable, "-m", "pipeline.stages.train", "--config", str(config_path), "--out", str(out), "--worker"]
     flag = out / ON_CUDA_FLAG
-    flag.unlink(missing_ok=True)
+    for leftover in (flag, out / "oom.json"):  # a killed supervisor's: neither may speak for this attempt
+        leftover.unlink(missing_ok=True)
     try:
         res = run_capped(cmd, None if cfg.device == "cuda" else _cap_bytes(cfg), lift_cap_file=flag)
     finally:
@@ -109,7 +110,6 @@ def supervise(cfg: TrainConfig, config_path: Path, out: Path) -> int:
         oom.unlink()
     print(f"{cfg.train_id}: out of memory (peak >= {peak:.0f} MB, cap {cfg.memory_cap_gib} GiB); reported as such",
           file=sys.stderr)
-    from pipeline.utils.provenance import provenance, resolve_device
     model_path = out / "model.pt"
     atomic_save_torch(model_path, {})
     atomic_write_json(out / "train.json", {

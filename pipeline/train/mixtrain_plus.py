@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.bounds import get_domain, margin_lower_bounds, verified_loss
+from pipeline.bounds import IntervalDomain, get_domain, margin_lower_bounds, verified_loss
 from pipeline.train.alpha import alpha_schedule
 from pipeline.train.mixtrain import AlphaMixedMethod, sample_indices
 from pipeline.train.registry import bool_param, int_param, number_param, register_method
@@ -82,7 +82,7 @@ class MixTrainPlus(AlphaMixedMethod):
         self.alpha = alpha_schedule(params.get("alpha"), params.get("alpha_rule"))
         self.alpha_warmup = bool_param(params, "mixtrain_plus", "alpha_warmup")
         self.warmup_reg = number_param(params, "mixtrain_plus", "warmup_reg", default=0.0)  # optional: 0 = off
-        if self.warmup_reg > 0 and params.get("batch_domain") != "interval":
+        if self.warmup_reg > 0 and self.batch_domain is not IntervalDomain:
             raise ValueError(f"mixtrain_plus warmup_reg: the regularisers read interval pre-activation bounds; expected "
                              f"batch_domain 'interval' with warmup_reg {self.warmup_reg!r}, got "
                              f"{params.get('batch_domain')!r}")

@@ -8,8 +8,9 @@ while ε ramps up, two penalties on the interval (IBP) pre-activation bounds ``[
   looser than the input's;
 - **ReLU balance**: with centre ``c = (l + u) / 2``, the ratios (each folded into ``(0, 1]`` as ``min(ρ, 1/ρ)``)
   of the mean centre over active (``l > 0``) to minus that over inactive (``u < 0``) neurons, and of their summed
-  squared deviations from the mean centre: ``(relu(τ − ρ_mean) + relu(τ − ρ_var)) / τ``; a layer whose ratios are
-  not finite (no active or no inactive neuron) contributes no balance term.
+  squared deviations from the mean centre: ``(relu(τ − ρ_mean) + relu(τ − ρ_var)) / τ``; a layer without an active
+  or without an inactive neuron contributes no balance term (the reference code adds a constant there, without
+  gradient, or skips it on a non-finite ratio: the same gradient either way).
 
 Both are averaged over the ReLUs; the training method weighs the sum by ``λ · (1 − ε / target ε)`` (zero once the
 ramp ends).  τ = 0.5 as in the paper.  Shapes: each bound ``[B, *neurons]``; the result is a scalar.
@@ -29,8 +30,10 @@ TAU = 0.5
 
 
 class ReluInputs:
-    """An ``observe`` callback for :func:`pipeline.bounds.margin_lower_bounds`: keeps the box entering the first
-    affine layer (``input``) and the bounds entering each ReLU (``pre``), from the same pass as the loss's bound."""
+    """An ``observe`` callback for :func:`pipeline.bounds.margin_lower_bounds` with the ``interval`` domain: keeps
+    the box entering the first affine layer (``input``) and the bounds entering each ReLU (``pre``), from the same
+    pass as the loss's bound.  (It concretises each state it keeps: cheap for intervals, a whole back-substitution
+    for a backward domain's state.)"""
 
     def __init__(self) -> None:
         self.input: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -49,6 +52,8 @@ def _fold(ratio: torch.Tensor) -> torch.Tensor:
 
 def warmup_regularizer(inputs: ReluInputs, tau: float = TAU) -> torch.Tensor:
     """The tightness plus ReLU-balance penalty, averaged over the ReLUs the pass recorded."""
+    if not 0 < tau <= 1:
+        raise ValueError(f"warmup_regularizer tau: expected a number in (0, 1], got {tau!r}")
     if inputs.input is None or not inputs.pre:
         raise ValueError("warmup_regularizer: the pass recorded no affine input or no ReLU; expected a network with "
                          "at least one Linear/Conv layer followed by a ReLU")
@@ -58,11 +63,14 @@ def warmup_regularizer(inputs: ReluInputs, tau: float = TAU) -> torch.Tensor:
     for lo, hi in inputs.pre:
         centre, radius = (lo + hi) / 2, (hi - lo) / 2
         tight = tight + F.relu(tau - r0 / radius.mean().clamp_min(1e-12)) / tau
-        active, inactive = (lo > 0).to(lo.dtype), (hi < 0).to(lo.dtype)
+        active, inactive = lo > 0, hi < 0
+        if not (bool(active.any()) and bool(inactive.any())):
+            continue
+        active, inactive = active.to(lo.dtype), inactive.to(lo.dtype)
         dev = (centre - centre.mean()) ** 2
         mean_ratio = _fold((centre * active).mean() / -(centre * inactive).mean())
         var_ratio = _fold((dev * active).sum() / (dev * inactive).sum())
         term = (F.relu(tau - mean_ratio) + F.relu(tau - var_ratio)) / tau
-        if bool(torch.isfinite(term)):
+        if bool(torch.isfinite(term)):  # e.g. every deviation zero
             relu_bal = relu_bal + term
     return (tight + relu_bal) / len(inputs.pre)

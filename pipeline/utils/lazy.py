@@ -2,8 +2,8 @@
 
 A package's ``__init__`` lists its public names with the module each lives in; the module is imported on the first
 access of one of its names.  The training stage's supervising process (which only spawns and watches the worker)
-and the workflow's parse import :mod:`pipeline.data.manifest` and :mod:`pipeline.utils.io` without paying torch's
-import (seconds per Snakemake job; docs/performance.md).
+imports :mod:`pipeline.data.manifest` and :mod:`pipeline.utils.io` without paying torch's import (seconds per
+training job; docs/performance.md).  A lazy name must not also be a submodule's name (refused below).
 """
 from __future__ import annotations
 

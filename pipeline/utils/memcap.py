@@ -4,7 +4,8 @@ The MixTrain paper reports a training that does not fit its GPU (11 GiB) as "Out
 same instead of crashing or skipping the row.  :func:`run_capped` starts the worker, polls its resident set size
 (``VmRSS`` from ``/proc``, Linux) every ``poll_s`` seconds, and kills it as soon as it exceeds the cap.  On CUDA the
 worker itself caps the allocator (:func:`cap_cuda_memory`) and exits with :data:`OOM_EXIT` on an out-of-memory error,
-so GPU memory is capped exactly and host memory by polling.
+so GPU memory is capped exactly; the worker then says so with a flag file (``lift_cap_file``) and host memory is only
+measured from that point (before it, while torch starts, the host cap applies).
 
 The worker dies with its parent (``PR_SET_PDEATHSIG``, :func:`die_with_parent`), so killing the stage never leaves an
 orphan training behind.
