@@ -14,12 +14,13 @@ from test_evaluate import ATTACKS
 from test_train_resume import CFG
 
 
-#: a child holding 400 MiB (touched, so resident) for 30 s
-HOG = "b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(30)"
+def _hog(hold_s: float) -> str:
+    """Python code for a child holding 400 MiB (touched, so resident) for ``hold_s`` seconds."""
+    return f"b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep({hold_s})"
 
 
 def test_run_capped_kills_above_cap_and_measures_peak():
-    res = run_capped([sys.executable, "-c", HOG], cap_bytes=200 * 2**20)
+    res = run_capped([sys.executable, "-c", _hog(30)], cap_bytes=200 * 2**20)
     assert res.out_of_memory and res.returncode != 0 and res.peak_rss_mb > 200
     ok = run_capped([sys.executable, "-c", "print('hi')"], cap_bytes=2**30, stdout=subprocess.DEVNULL)
     assert not ok.out_of_memory and ok.returncode == 0 and ok.peak_rss_mb >= 0
@@ -30,11 +31,11 @@ def test_run_capped_lifts_the_cap_once_the_child_creates_the_flag_file(tmp_path)
     (the same hog as above, which the cap kills without the flag)."""
     flag = tmp_path / "on-cuda"
     hog = [sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(0.3); "
-                                 + HOG.replace("time.sleep(30)", "time.sleep(0.3)")]
+                                 + _hog(0.3)]
     res = run_capped(hog, cap_bytes=200 * 2**20, lift_cap_file=flag)
     assert not res.out_of_memory and res.returncode == 0 and res.peak_rss_mb > 200
     flag.unlink()
-    assert run_capped([sys.executable, "-c", HOG], cap_bytes=200 * 2**20, lift_cap_file=flag).out_of_memory
+    assert run_capped([sys.executable, "-c", _hog(30)], cap_bytes=200 * 2**20, lift_cap_file=flag).out_of_memory
 
 
 @needs_data

@@ -76,8 +76,8 @@ class Residual:
     main: tuple["Op", ...]
     shortcut: tuple["Op", ...]
 
-    def apply(self, state: "Domain") -> "Domain":
-        return propagate(self.main, state).add(propagate(self.shortcut, state))
+    def apply(self, state: "Domain", observe: "Callable[[Op, Domain], None] | None" = None) -> "Domain":
+        return propagate(self.main, state, observe).add(propagate(self.shortcut, state, observe))
 
 
 Op = Union[Linear, Conv, ChannelAffine, Flatten, ReLU, Residual]
@@ -90,14 +90,9 @@ def propagate(ops: tuple[Op, ...] | list[Op], state: "Domain",
     main then shortcut): e.g. the pre-activation bounds of every ReLU, for a regulariser.  The same operations in
     the same order either way, so observing never changes a bound."""
     for op in ops:
-        if observe is None:
-            state = op.apply(state)
-            continue
-        observe(op, state)
-        if isinstance(op, Residual):
-            state = propagate(op.main, state, observe).add(propagate(op.shortcut, state, observe))
-        else:
-            state = op.apply(state)
+        if observe is not None:
+            observe(op, state)
+        state = op.apply(state, observe) if isinstance(op, Residual) else op.apply(state)
     return state
 
 

@@ -93,14 +93,16 @@ class MixTrainPlus(AlphaMixedMethod):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict]:
         natural, stats = self.natural_part(model, x, y)
+        # how far the ε ramp has gone (1 after it); the warm-ups grow with it, the ramp-down terms fade with it
+        ramp = min(1.0, eps / self.target_eps) if self.target_eps > 0 else 1.0
         # α warm-up: the robust weight grows with the ramped ε (α · ε / target ε), so the first steps are natural
         # training; measured: with the full α from the first step IBP training collapses to one class
-        a = self.alpha.value * (min(1.0, eps / self.target_eps) if self.alpha_warmup and self.target_eps > 0 else 1.0)
+        a = self.alpha.value * (ramp if self.alpha_warmup else 1.0)
         stats["alpha"] = a
         if a == 0 or eps <= 0:
             return natural, stats
         eps_t = min(1.0, self.eps_train_factor * eps)
-        reg_weight = self.warmup_reg * max(0.0, 1.0 - eps / self.target_eps) if self.target_eps > 0 else 0.0
+        reg_weight = self.warmup_reg * (1.0 - ramp)
         observed = ReluInputs() if reg_weight > 0 else None
         robust = batch_loss = verified_loss(margin_lower_bounds(model, x, y, eps_t, self.batch_domain,
                                                                 observe=observed), y)
@@ -110,8 +112,8 @@ class MixTrainPlus(AlphaMixedMethod):
             reg = reg_weight * warmup_regularizer(observed)
             stats["warmup_reg"] = reg.detach().item()
         tw = self.tight_weight if self.tight_max_eps is None or self.target_eps <= self.tight_max_eps else 0.0
-        if self.tight_schedule == "ramp_down" and self.target_eps > 0:
-            tw *= max(0.0, 1.0 - eps / self.target_eps)
+        if self.tight_schedule == "ramp_down":
+            tw *= 1.0 - ramp
         stats["tight_weight"] = tw
         if self.k and tw > 0:
             idx = sample_indices(x.shape[0], self.k, self.generator).to(x.device)
