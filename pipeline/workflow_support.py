@@ -30,7 +30,7 @@ from pipeline.runconfig import TrainConfig, eval_configs, train_configs
 from pipeline.utils.io import atomic_write_text
 
 __all__ = ["ConfigPlan", "plan_configs", "plan_data", "data_manifests", "sync_configs", "write_config",
-           "write_configs", "tables_config", "figures_config", "CONFIG_NAME_RE"]
+           "write_configs", "tables_config", "figures_config", "time_limited_trains", "CONFIG_NAME_RE"]
 
 #: ``<id>-<16 hex>.json``: the name of a content-addressed config file (the hex: sha256 of its text)
 CONFIG_NAME_RE = re.compile(r"(?P<id>[A-Za-z0-9_.\-]+)-(?P<digest>[0-9a-f]{16})\.json")
@@ -132,6 +132,12 @@ def tables_config(p: Params, implemented: list[str]) -> dict:
                            "dataset": MODEL_DATASETS[r.model], "overrides": r.overrides,
                            "train": schedule(trains.get(r.train_id))}
                      for rid, r in p.runs.items()}}
+
+
+def time_limited_trains(p: Params) -> frozenset[str]:
+    """The training ids whose schedule has a wall-time limit (``time_limit_min``): their result depends on the compute
+    they get per minute, so the workflow gives each the whole machine (workflow/rules/pipeline.smk, rule train)."""
+    return frozenset(tid for tid, c in train_configs(p).items() if c.schedule.get("time_limit_min") is not None)
 
 
 def plan_configs(p: Params, implemented: list[str], data: dict[str, dict[str, str]] | None = None) -> ConfigPlan:

@@ -261,6 +261,34 @@ def test_schedule_overrides_method_then_run_and_time_limit_only_when_set():
     assert all(set(c.schedule) == old_keys for rid, c in smoke.items() if not rid.startswith("mixtrain_plus"))
 
 
+def test_time_limited_trainings_claim_every_core_and_others_one():
+    from pipeline.workflow_support import time_limited_trains
+    cpu = load_params(ROOT / "params.yaml", {"scale": "cpu"})
+    assert time_limited_trains(cpu) == {"mixtrain_plus-MNIST_Small-eps0.1", "mixtrain_plus-MNIST_Small-eps0.3"}
+    assert time_limited_trains(load_params(ROOT / "params.yaml", {"scale": "smoke"})) == frozenset()
+
+
+@needs_data
+def test_snakemake_runs_a_time_limited_training_alone_on_every_core():
+    """The train rule's threads (a dry run: nothing written): the time-limited MixTrain+ training claims the rule's
+    CPU allotment scaled down to --cores (so nothing runs beside it and OMP_NUM_THREADS is 2), a step-counted one 1."""
+    import subprocess
+    import sys
+    limited, counted = (f"results/cpu/train/{t}/model.pt" for t in ("mixtrain_plus-MNIST_Small-eps0.3",
+                                                                      "mixtrain-MNIST_Small-eps0.1"))
+    snakemake = Path(sys.executable).parent / "snakemake"
+    out = subprocess.run([str(snakemake), "-n", "--nolock", "--cores", "2", "--resources", "gpu=2", "--config",
+                          "scale=cpu", "--forcerun", limited, counted, "--", limited, counted],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = {}
+    for block in (out.stdout + out.stderr).split("rule train:")[1:]:
+        tid = block.split("train_id=")[1].split()[0]
+        threads = [line.split(":")[1].strip() for line in block.splitlines() if line.strip().startswith("threads:")]
+        jobs[tid] = int(threads[0]) if threads else 1
+    assert jobs == {"mixtrain_plus-MNIST_Small-eps0.3": 2, "mixtrain-MNIST_Small-eps0.1": 1}
+
+
 def test_table_header_tells_per_run_schedules_apart():
     p = load_params(ROOT / "params.yaml", {"scale": "cpu"})
     from pipeline.train import implemented_methods

@@ -10,6 +10,7 @@
 
 
 from pipeline.data.manifest import split_files
+from pipeline.workflow_support import time_limited_trains
 
 
 def cluster_resources(rule):
@@ -44,6 +45,13 @@ def _train_manifest(wildcards):
     return MANIFESTS[f"{MODEL_DATASETS[run.model]}-train"]
 
 
+# A time-limited training (schedule_overrides time_limit_min) is defined by the compute it gets per minute ("25 minutes
+# on 2 cores"): it claims the train rule's CPU allotment (cluster.train.cpus), which a local run scales down to
+# --cores, so it runs with nothing beside it and Snakemake's OMP_NUM_THREADS gives torch every core; every other
+# training counts steps, not minutes, and takes one core (two run at once under --cores 2 --resources gpu=2).
+TIME_LIMITED = time_limited_trains(P)
+
+
 rule train:
     input:
         cfg = lambda wildcards: CONFIGS.train[wildcards.train_id],
@@ -51,6 +59,8 @@ rule train:
     output:
         model = f"{R}/train/{{train_id}}/model.pt",
         info = f"{R}/train/{{train_id}}/train.json",
+    threads:
+        lambda wildcards: P.cluster.rules["train"].cpus if wildcards.train_id in TIME_LIMITED else 1
     resources:
         gpu = 1,
         gres = P.cluster.gpu_gres,
