@@ -1,17 +1,17 @@
-"""How far each training step is from what this machine can do: FLOPs counted, peak measured, ratios in one run.
+"""How far each training step is from what this machine can do: work counted, rates measured, ratios in one run.
 
     python benchmarks/bench_floor.py                        # MNIST_Small and CIFAR_Small, 2 threads
     python benchmarks/bench_floor.py --models MNIST_Small --reps 9 --json
 
-1. The machine's peak: GFLOP/s of a 2048 x 2048 float32 matmul and of a large convolution (batch 64, 64 -> 64
-   channels, 3 x 3, 32 x 32), median of ``--reps``.
-2. Per model and setting, one training step (loss, backward; no optimiser step) is counted with
-   ``torch.utils.flop_counter.FlopCounterMode`` — the FLOPs of every matmul, convolution and batched product the
-   step really runs, forward and backward, as the implementation does them (the window form of the symbolic
-   relaxation, the centre/radius form of affine maps).  Elementwise work (the ReLU relaxation, abs-sums) is not in
-   the count; it is memory traffic, reported as the gap.
-3. Each step is timed (interleaved round-robin across settings, median of ``--reps``) and set against its floor,
-   ``flops / peak matmul rate``: ``x floor`` = measured time / floor time.
+1. The machine's rates (benchmarks/roofline.py, same process and threads): GFLOP/s of a 2048 x 2048 float32 matmul
+   and of a large convolution, the in-cache bandwidth of an elementwise op, and the fixed cost of one eager op.
+2. Per model and setting, one training step (loss, backward; no optimiser step) is tallied op by op below autograd
+   (:class:`roofline.OpTally`): the FLOPs of every matmul, convolution and batched product (the formulas of
+   ``torch.utils.flop_counter``; elementwise ops count 0), the bytes every op reads and writes, and the op count —
+   as the implementation does them (the window form of the symbolic relaxation, the centre/radius form of affine maps).
+3. Each step is timed (interleaved round-robin across settings, median of ``--reps``) and set against two floors:
+   the FLOP floor (FLOPs / matmul peak: the computation's) and the eager floor (per op the max of its FLOPs / peak,
+   its bytes / bandwidth and the fixed cost of an op, summed: this op sequence's, run op by op).
 
 Settings: natural (batch 50), interval/IBP (batch 50), symbolic_linear on 1 sample and on 20 (MixTrain's verified
 part for k = 1 and k = 20), backward_ibp / CROWN-IBP (batch 50).
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.roofline import machine_rates, tally  # noqa: E402
 
 from pipeline.bounds import margin_lower_bounds, verified_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
@@ -37,24 +38,6 @@ from pipeline.models.zoo import model_dataset  # noqa: E402
 
 SETTINGS = [("natural", 50), ("interval", 50), ("symbolic_linear", 1), ("symbolic_linear", 20),
             ("backward_ibp", 50)]
-
-
-def _median_time(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def peak_rates(reps: int) -> dict[str, float]:
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    mm = 2 * 2048 ** 3 / _median_time(lambda: a @ b, reps) / 1e9
-    x, w = torch.rand(64, 64, 32, 32), torch.rand(64, 64, 3, 3)
-    conv = 2 * 64 * 64 * 64 * 9 * 32 * 32 / _median_time(lambda: F.conv2d(x, w, padding=1), reps) / 1e9
-    return {"matmul_gflops": mm, "conv_gflops": conv}
 
 
 def make_step(model_name: str, domain: str, batch: int):
@@ -76,12 +59,6 @@ def make_step(model_name: str, domain: str, batch: int):
     return step
 
 
-def count_flops(step) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["MNIST_Small", "CIFAR_Small"])
@@ -90,12 +67,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = peak_rates(args.reps)
+    rates = machine_rates(args.reps)
     steps = {(m, d, b): make_step(m, d, b) for m in args.models for d, b in SETTINGS}
-    flops = {key: count_flops(fn) for key, fn in steps.items()}
-    times: dict[tuple, list[float]] = {key: [] for key in steps}
     for fn in steps.values():
-        fn()  # warm-up
+        fn()  # warm-up (and lazily built state) before the tally
+    tallies = {key: tally(fn) for key, fn in steps.items()}
+    times: dict[tuple, list[float]] = {key: [] for key in steps}
     for _ in range(args.reps):
         for key, fn in steps.items():
             t0 = time.perf_counter()
@@ -105,20 +82,25 @@ def main() -> int:
     for (m, d, b), ts in times.items():
         med = statistics.median(ts)
         natural = statistics.median(times[(m, "natural", 50)])
-        floor = flops[(m, d, b)] / (peak["matmul_gflops"] * 1e9)
-        rows.append({"model": m, "domain": d, "batch": b, "gflop": flops[(m, d, b)] / 1e9, "ms": med * 1000,
-                     "x_natural_b50": med / natural, "floor_ms": floor * 1000, "x_floor": med / floor if floor else None,
-                     "achieved_gflops": flops[(m, d, b)] / med / 1e9})
+        t = tallies[(m, d, b)]
+        floors = t.floors(rates)
+        rows.append({"model": m, "domain": d, "batch": b, "gflop": t.flops / 1e9, "mbytes": t.bytes / 1e6,
+                     "ops": len(t.ops), "ms": med * 1000, "x_natural_b50": med / natural,
+                     "floor_ms": floors["flop_floor_s"] * 1000, "x_floor": med / floors["flop_floor_s"],
+                     "eager_floor_ms": floors["eager_floor_s"] * 1000,
+                     "x_eager_floor": med / floors["eager_floor_s"], "achieved_gflops": t.flops / med / 1e9})
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "reps": args.reps, **peak, "rows": rows}))
+        print(json.dumps({"threads": torch.get_num_threads(), "reps": args.reps, **rates, "rows": rows}))
         return 0
-    print(f"threads {torch.get_num_threads()}, reps {args.reps} (medians); peak: matmul 2048^2 "
-          f"{peak['matmul_gflops']:.0f} GFLOP/s, conv 64x64x3x3@32^2 b64 {peak['conv_gflops']:.0f} GFLOP/s")
-    print(f"{'model':12s} {'domain':16s} {'batch':>5s} {'GFLOP':>8s} {'ms':>8s} {'x nat50':>8s} {'floor ms':>9s} "
-          f"{'x floor':>8s} {'GFLOP/s':>8s}")
+    print(f"threads {torch.get_num_threads()}, reps {args.reps} (medians); matmul 2048^2 "
+          f"{rates['matmul_gflops']:.0f} GFLOP/s, conv 64x64x3x3@32^2 b64 {rates['conv_gflops']:.0f} GFLOP/s, "
+          f"in-cache bandwidth {rates['bandwidth_gbs']:.0f} GB/s, {rates['op_us']:.1f} us per eager op")
+    print(f"{'model':12s} {'domain':16s} {'batch':>5s} {'GFLOP':>7s} {'MB':>7s} {'ops':>5s} {'ms':>7s} "
+          f"{'x nat50':>7s} {'flop fl':>7s} {'x fl':>6s} {'eager fl':>8s} {'x eager':>7s}")
     for r in rows:
-        print(f"{r['model']:12s} {r['domain']:16s} {r['batch']:5d} {r['gflop']:8.3f} {r['ms']:8.1f} "
-              f"{r['x_natural_b50']:8.2f} {r['floor_ms']:9.2f} {r['x_floor']:8.1f} {r['achieved_gflops']:8.1f}")
+        print(f"{r['model']:12s} {r['domain']:16s} {r['batch']:5d} {r['gflop']:7.3f} {r['mbytes']:7.1f} "
+              f"{r['ops']:5d} {r['ms']:7.1f} {r['x_natural_b50']:7.2f} {r['floor_ms']:7.2f} {r['x_floor']:6.1f} "
+              f"{r['eager_floor_ms']:8.2f} {r['x_eager_floor']:7.2f}")
     return 0
 
 

@@ -8,6 +8,10 @@ One optimiser step each (loss, backward, Adam step) of: natural training and Mix
 (default 1, the paper's setting, and 20; k = batch is full verified training with the same domain).  The variants
 are timed interleaved, round-robin, ``reps`` times after one warm-up each, so machine noise hits them alike; the
 script prints medians and the ratios of medians.  α is fixed at 0.5 so both terms are computed.
+
+Each step is also tallied op by op (benchmarks/roofline.py) against the machine's rates measured in the same run:
+``*_gflop`` and the ratios of the floors, ``k20_over_k1_flop_floor`` (what the two steps' ratio would be if both ran
+at the matmul peak: the work itself) and ``k20_over_k1_eager_floor`` (if each op ran at its floor).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.roofline import machine_rates, tally  # noqa: E402
 from pipeline.data import NORMALIZATION  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.models.zoo import model_dataset  # noqa: E402
@@ -67,6 +72,9 @@ def main() -> int:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for method in variants.values():
         step(method)  # warm-up
+    rates = machine_rates(max(3, args.reps))
+    floors = {name: tally(lambda: step(method)) for name, method in variants.items()}
+    floors = {name: {"gflop": t.flops / 1e9, **t.floors(rates)} for name, t in floors.items()}
     for _ in range(args.reps):
         for name, method in variants.items():
             times[name].append(step(method))
@@ -75,18 +83,28 @@ def main() -> int:
     if args.json:
         out = {"model": args.model, "batch": args.batch, "domain": args.domain, "eps": args.eps,
                "threads": torch.get_num_threads(), "reps": args.reps, "natural_ms": base * 1000,
-               "k1_ms": k1 * 1000, "k1_ratio": k1 / base}
+               "k1_ms": k1 * 1000, "k1_ratio": k1 / base, "natural_gflop": floors["natural"]["gflop"],
+               "k1_gflop": floors["mixtrain k=1"]["gflop"], "rates": rates}
+        f1 = floors["mixtrain k=1"]
         for k in args.ks:
             if k != 1:
-                out[f"k{k}_ms"] = med[f"mixtrain k={k}"] * 1000
-                out[f"k{k}_ratio"] = med[f"mixtrain k={k}"] / base
-                out[f"k{k}_over_k1"] = med[f"mixtrain k={k}"] / k1
+                name, fk = f"mixtrain k={k}", floors[f"mixtrain k={k}"]
+                out[f"k{k}_ms"] = med[name] * 1000
+                out[f"k{k}_ratio"] = med[name] / base
+                out[f"k{k}_over_k1"] = med[name] / k1
+                out[f"k{k}_gflop"] = fk["gflop"]
+                out[f"k{k}_over_k1_flop_floor"] = fk["flop_floor_s"] / f1["flop_floor_s"]
+                out[f"k{k}_over_k1_eager_floor"] = fk["eager_floor_s"] / f1["eager_floor_s"]
         print(json.dumps(out))
         return 0
     print(f"model {args.model}, batch {args.batch}, domain {args.domain}, eps {args.eps}, "
-          f"threads {torch.get_num_threads()}, reps {args.reps} (medians)")
+          f"threads {torch.get_num_threads()}, reps {args.reps} (medians); matmul {rates['matmul_gflops']:.0f} "
+          f"GFLOP/s, in-cache {rates['bandwidth_gbs']:.0f} GB/s, {rates['op_us']:.1f} us per eager op")
     for name, m in med.items():
-        print(f"  {name:32s} {m * 1000:9.1f} ms/batch   x{m / base:7.2f} natural   x{m / k1:7.2f} MixTrain k=1")
+        f = floors[name]
+        print(f"  {name:16s} {m * 1000:8.1f} ms/batch  x{m / base:6.2f} natural  x{m / k1:6.2f} k=1   "
+              f"{f['gflop']:6.3f} GFLOP  flop floor {f['flop_floor_s'] * 1000:6.2f} ms  "
+              f"eager floor {f['eager_floor_s'] * 1000:6.2f} ms (x{m / f['eager_floor_s']:.2f})")
     return 0
 
 

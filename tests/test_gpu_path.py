@@ -30,6 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """The producer thread runs on the CPU only with one intra-op thread (EpochBatches' docstring), so the thread
+    path is tested there; the test that needs more threads sets them itself."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_with_several_threads_makes_batches_synchronously():
+    split, order = _split(40, (1, 4, 4)), np.arange(40)
+    ref, ref_state = _collect(split, order, 4, 10, False, seed=3, prefetch=0)
+    for threads, producers in ((1, 1), (2, 0)):
+        torch.set_num_threads(threads)
+        base = threading.active_count()
+        gen = torch.Generator().manual_seed(3)
+        with EpochBatches(split, order, 4, 10, False, gen, torch.device("cpu"), prefetch_batches=2) as batches:
+            got = []
+            for x, y in batches:
+                if not got:  # (the producer ends once it has queued the last batch)
+                    assert threading.active_count() == base + producers, threads
+                got.append((x.clone(), y.clone()))
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, ref))
+        assert len(got) == 10 and torch.equal(gen.get_state(), ref_state)
+
+
 def _split(n: int, shape: tuple[int, ...], seed: int = 0) -> Split:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
