@@ -38,7 +38,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.data import NORMALIZATION, load_split, load_test_subset, subset_indices  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.evalparams import resolve_attack_params  # noqa: E402
+from pipeline.params.evaluation import resolve_attack_params  # noqa: E402
 from pipeline.evaluation import equal_budget  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.utils import wilson_interval  # noqa: E402

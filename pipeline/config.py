@@ -1,7 +1,9 @@
 """params.yaml -> validated, typed configuration and the run grid.
 
-Library code only ever sees the dataclasses built here and in :mod:`pipeline.runconfig` (never argparse or
-Snakemake).  :func:`load_params` validates everything once and raises :class:`~pipeline.errors.ConfigError` naming
+Each section has its parser in :mod:`pipeline.params` (scales and training settings, attacks/tables/figures, the
+cluster, the shared validators); this module reads the file, parses the rest (data, models, methods, runs) and
+assembles :class:`Params`.  Library code only ever sees the dataclasses built here and in :mod:`pipeline.runconfig`
+(never argparse or Snakemake).  :func:`load_params` validates everything once and raises :class:`~pipeline.errors.ConfigError` naming
 the key.
 """
 from __future__ import annotations
@@ -12,12 +14,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline.clusterparams import ClusterConfig, JobResources, parse_cluster
 from pipeline.errors import ConfigError
-from pipeline.schema import _check_keys, _dc, _num, _req, read_yaml
-from pipeline.trainparams import OptimConfig, ScaleConfig, VerifyConfig, check_val_size, parse_scales
-from pipeline.evalparams import (AttackSettings, FigureSettings, Table1Settings, check_attack_overrides, parse_attacks,
-                                 parse_figures, parse_table1)
+from pipeline.params.cluster import ClusterConfig, JobResources, parse_cluster
+from pipeline.params.evaluation import (AttackSettings, FigureSettings, Table1Settings, check_attack_overrides,
+                                        parse_attacks, parse_figures, parse_table1)
+from pipeline.params.schema import _check_keys, _dc, _num, _req, read_yaml
+from pipeline.params.training import OptimConfig, ScaleConfig, VerifyConfig, check_val_size, parse_scales
 
 __all__ = ["ScaleConfig", "OptimConfig", "ModelConfig", "VerifyConfig", "JobResources", "ClusterConfig", "RunSpec",
            "Params", "load_params",

@@ -13,7 +13,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any
 
 from pipeline.config import EPS_FREE_METHODS, EXTERNAL, Params
-from pipeline.evalparams import resolve_attack_params
+from pipeline.params.evaluation import resolve_attack_params
 
 __all__ = ["TrainConfig", "EvalConfig", "train_configs", "eval_configs"]
 

@@ -1,11 +1,11 @@
 """Semantic validation that needs the method and attack classes: build every training method and every attack the
 grid will use, so a bad hyperparameter fails with one error naming the run or attack before any job starts
-(params.yaml structure is checked torch-free in :mod:`pipeline.config` / :mod:`pipeline.evalparams`)."""
+(params.yaml structure is checked torch-free in :mod:`pipeline.config` / :mod:`pipeline.params.evaluation`)."""
 from __future__ import annotations
 
 from pipeline.attacks import get_attack
 from pipeline.config import DATASETS, Params
-from pipeline.evalparams import resolve_attack_params
+from pipeline.params.evaluation import resolve_attack_params
 from pipeline.errors import ConfigError
 from pipeline.runconfig import train_configs
 from pipeline.train import get_method, implemented_methods

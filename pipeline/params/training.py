@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.errors import ConfigError
-from pipeline.schema import _check_keys, _dc, _num
+from pipeline.params.schema import _check_keys, _dc, _num
 
-__all__ = ["ScaleConfig", "SCHEDULE_OVERRIDE_KEYS", "check_schedule_override", "OptimConfig", "VerifyConfig", "TRAIN_SET_SIZES", "TEST_SUBSET_SIZE", "check_val_size"]
+__all__ = ["ScaleConfig", "SCHEDULE_OVERRIDE_KEYS", "check_schedule_override", "OptimConfig", "VerifyConfig",
+           "TRAIN_SET_SIZES", "TEST_SUBSET_SIZE", "check_val_size", "parse_scales"]
 
 #: images in each dataset's official training set (MNIST 60,000; CIFAR-10 50,000), before the validation split
 TRAIN_SET_SIZES = {"mnist": 60000, "cifar10": 50000}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.schema import _check_keys, _dc, _req
+from pipeline.params.schema import _check_keys, _dc, _req
 
 __all__ = ["JobResources", "ClusterConfig", "CLUSTER_RULES", "GRES_RE", "parse_cluster"]
 

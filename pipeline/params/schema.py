@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-# Underscore names on purpose: module-private helpers of the params parsers (config, evalparams, clusterparams), not
+# Underscore names on purpose: helpers private to the params parsers (pipeline.config and pipeline.params), not
 # part of the library's API.
 __all__ = ["read_yaml"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["ATTACK_NAMES", "FIGURE_NAMES", "AttackSettings", "Table1Settings", "FigureSettings", "parse_attacks", "parse_table1",
-           "parse_figures", "resolve_attack_params", "check_attack_overrides"]
+__all__ = ["ATTACK_NAMES", "FIGURE_NAMES", "AttackSettings", "Table1Settings", "FigureSettings", "parse_attacks",
+           "parse_table1", "parse_figures", "resolve_attack_params", "check_attack_overrides"]
 
 #: the attacks ERA is measured with, in the order they run (registered names in pipeline.attacks)
 ATTACK_NAMES = ("pgd", "cw", "interval")

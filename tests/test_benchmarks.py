@@ -1,0 +1,63 @@
+"""The benchmark scripts' own arithmetic: the op tally behind bench_floor.py's and bench_mixtrain.py's floors, and the
+JSON fields a script can check (issue 11)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.roofline import OpTally, tally  # noqa: E402
+
+
+def test_tally_counts_flops_bytes_and_ops_of_each_op():
+    a, b = torch.rand(64, 32), torch.rand(32, 16)
+    with OpTally() as t:
+        c = a @ b                 # mm: 2*64*32*16 FLOPs, reads a and b, writes c
+        d = c.view(-1)            # a view: no bytes moved
+        e = d + 1.0               # elementwise: 0 FLOPs, reads and writes 1,024 floats
+    names = [name for name, _, _ in t.ops]
+    assert names == ["aten.mm", "aten.view", "aten.add"], names
+    (_, f_mm, b_mm), (_, f_view, b_view), (_, f_add, b_add) = t.ops
+    assert f_mm == 2 * 64 * 32 * 16 and b_mm == 4 * (64 * 32 + 32 * 16 + 64 * 16)
+    assert f_view == 0 and b_view == 0
+    assert f_add == 0 and b_add == 4 * 2 * 1024
+    assert t.flops == f_mm and t.bytes == b_mm + b_add and e.shape == (1024,)
+
+
+def test_tally_matches_torch_flop_counter_on_a_training_step_and_floors_are_ordered():
+    torch.manual_seed(0)
+    w = torch.rand(8, 1, 3, 3, requires_grad=True)
+    x = torch.rand(4, 1, 12, 12)
+
+    def step():
+        loss = F.conv2d(x, w).relu().sum()
+        loss.backward()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    t = tally(step)
+    assert t.flops == counter.get_total_flops() > 0
+    rates = {"matmul_gflops": 100.0, "bandwidth_gbs": 50.0, "op_us": 5.0}
+    floors = t.floors(rates)
+    assert floors["flop_floor_s"] == pytest.approx(t.flops / 1e11)
+    # every op costs at least its fixed cost, its FLOPs and its bytes: the eager floor is above each of them
+    assert floors["eager_floor_s"] >= max(len(t.ops) * 5e-6, t.flops / 1e11, t.bytes / 5e10) * (1 - 1e-12)
+
+
+def test_bench_mixtrain_json_has_the_fields_a_script_checks():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_mixtrain.py"), "--reps", "1", "--ks", "1",
+                          "3", "--batch", "8", "--threads", "1", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    for key in ("natural_ms", "k1_ratio", "k3_over_k1", "k3_over_k1_flop_floor", "k3_over_k1_eager_floor",
+                "k1_gflop", "k3_gflop"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    # three samples' symbolic relaxation is more work than one, the natural batch the same
+    assert r["k3_gflop"] > r["k1_gflop"] > r["natural_gflop"]
