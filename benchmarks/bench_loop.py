@@ -69,6 +69,12 @@ def main() -> int:
         ap.error(f"--compare: {args.compare} is not a checkout of this repository (no pipeline/train/trainer.py)")
     if args.reps < 1 or args.batches < 1 or min(args.threads) < 1:
         ap.error("--reps, --batches and --threads must be at least 1")
+    sys.path.insert(0, str(ROOT))
+    from pipeline.config import load_params
+    from pipeline.runconfig import train_configs
+    grid = train_configs(load_params(ROOT / "params.yaml", {"scale": "cpu"}))
+    if args.run not in grid:
+        ap.error(f"--run: {args.run!r} is not a training of the cpu grid (e.g. {sorted(grid)[0]!r})")
     trees = {"this": ROOT, **({"other": args.compare.resolve()} if args.compare else {})}
     ms: dict[str, list[float]] = {f"{name} t{t}": [] for name in trees for t in args.threads}
     step: dict[str, list[float]] = {key: [] for key in ms}

@@ -73,8 +73,8 @@ def main() -> int:
     for method in variants.values():
         step(method)  # warm-up
     rates = machine_rates(max(3, args.reps))
-    floors = {name: tally(lambda: step(method)) for name, method in variants.items()}
-    floors = {name: {"gflop": t.flops / 1e9, **t.floors(rates)} for name, t in floors.items()}
+    tallies = {name: tally(lambda: step(method)) for name, method in variants.items()}
+    floors = {name: {"gflop": t.flops / 1e9, **t.floors(rates)} for name, t in tallies.items()}
     for _ in range(args.reps):
         for name, method in variants.items():
             times[name].append(step(method))
