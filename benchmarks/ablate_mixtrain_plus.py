@@ -80,6 +80,18 @@ VARIANTS = {
                                              "alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.8,
                                                             "min": 0.5, "every": 1},
                                              "schedule": DEEP_DECAY}, 55),
+    # a higher floor for the dynamic α (more robust loss once ε has ramped; at ε = 0.3 the staircase rule sat at
+    # 0.6-0.7, moved by the validation accuracy's noise): α in [0.8, 0.9] and in [0.9, 1.0] (CROWN-IBP's κ → 0)
+    "alpha_min0.8": ({"alpha_rule": {"kind": "staircase", "start": 0.8, "step": 0.1, "max": 0.9, "min": 0.8,
+                                     "every": 1}}, 25),
+    "alpha_min0.9_max1.0": ({"alpha_rule": {"kind": "staircase", "start": 0.9, "step": 0.1, "max": 1.0, "min": 0.9,
+                                            "every": 1}}, 25),
+    # and a lower one: α in [0.4, 0.6] (Gowal et al. end IBP training with κ = 0.5, i.e. α = 0.5)
+    "alpha_0.4_to_0.6": ({"alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.6, "min": 0.4,
+                                         "every": 1}}, 25),
+    # Polyak averaging: validate and keep an exponential moving average of the weights (decay 0.999: about the
+    # last 1,000 steps, one epoch) instead of the last weights
+    "weight_ema0.999": ({"weight_ema": 0.999}, 25),
 }
 
 

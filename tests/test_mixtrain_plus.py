@@ -368,3 +368,72 @@ def test_wallclock_picks_mixtrain_plus_mixtrain_and_the_best_certified_baseline(
     assert panel["MixTrain (paper's algorithm)"]["run"] == "mixtrain-MNIST_Small-eps0.1"
     assert panel["best baseline: wong"]["minutes"] == [0.5, 1.0]  # train_time_s when wall time is not recorded
     assert wallclock_data({k: v for k, v in runs.items() if not k.startswith("mixtrain_plus")}, metrics) == {}
+
+
+# ---- weight averaging (weight_ema) ----
+
+def test_weight_ema_follows_its_recursion_and_swaps_back_bit_for_bit():
+    from pipeline.train.weight_avg import WeightEMA
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = WeightEMA(0.9)
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for t in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))
+        for n, p in model.named_parameters():
+            ref[n] = p.detach().clone() if t == 0 else d * ref[n] + (1 - d) * p.detach()
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with ema.swapped(model):
+        for n, p in model.named_parameters():
+            assert torch.allclose(p, ref[n], atol=1e-6) and not torch.equal(p, trained[n])
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters())
+    other = WeightEMA(0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.steps == 30
+    other.copy_to(model)
+    assert all(torch.allclose(p, ref[n], atol=1e-6) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan"), "0.99"])
+def test_bad_weight_ema_is_named(decay):
+    with pytest.raises(ValueError, match="weight_ema"):
+        _method(weight_ema=decay)
+
+
+@needs_data
+def test_weight_ema_run_keeps_and_validates_the_average_and_resumes_it(tmp_path):
+    sched = {**SCHEDULE, "epochs": 2, "batches_per_epoch": 5, "val_vra_images": 4}
+    sched.pop("time_limit_min")
+    cfg = replace(CFG, schedule=sched, method_params={**PARAMS, "weight_ema": 0.5})
+    r = train(cfg, tmp_path / "a", log=lambda m: None)
+    # the kept model is the average, not the last weights: rebuild the last weights from the final checkpoint
+    state = torch.load(next((tmp_path / "a").glob("ckpt-*/epoch_0002.pt")), weights_only=True)
+    avg = state["method"]["ema"]["avg"]
+    assert state["method"]["ema"]["steps"] == 10
+    kept = dict(r["model"].named_parameters())
+    assert all(torch.equal(kept[n].detach(), avg[n]) for n in avg)
+    assert any(not torch.equal(state["model"][n], avg[n]) for n in avg)
+    # validation saw the average: its accuracy is the kept model's
+    norm_model = r["model"].eval()
+    from pipeline.data import load_dataset
+    from pipeline.train import training_indices
+    data = load_dataset("mnist", DATA_ROOT).train
+    _, val_idx = training_indices(len(data), cfg)
+    with torch.no_grad():
+        acc = (norm_model(data.float_images(val_idx)).argmax(1) == data.y[val_idx]).float().mean().item()
+    assert r["history"][-1]["val_acc"] == pytest.approx(acc)
+    # resume from epoch 1 reaches the same average as the uninterrupted run
+    for f in (tmp_path / "a").glob("ckpt-*/epoch_*.pt"):
+        f.unlink()
+    one = train(replace(cfg, schedule={**sched, "epochs": 1}), tmp_path / "b", log=lambda m: None)
+    assert len(one["history"]) == 1
+    ckpt = next((tmp_path / "b").glob("ckpt-*"))
+    ckpt.rename(tmp_path / "b" / f"ckpt-{cfg.digest()}")
+    resumed = train(cfg, tmp_path / "b", log=lambda m: None)
+    assert len(resumed["history"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(r["model"].state_dict().values(),
+                                                 resumed["model"].state_dict().values()))

@@ -20,6 +20,9 @@ Added (each a parameter, so an ablation is a run override; docs/mixtrain_plus.md
 - ε and α warm-up: the trainer's ε ramp (``eps_ramp_epochs``), and with ``alpha_warmup`` the robust weight
   scaled by ε / target ε during the ramp, so training starts natural.
 - ``eps_train_factor``: train at ``factor · ε`` (clipped to 1), Gowal et al.'s trick for a margin at test ε.
+- ``weight_ema`` (decay; optional, 0 = off): keep an exponential moving average of the weights
+  (:class:`~pipeline.train.weight_avg.WeightEMA`, Polyak averaging) and validate and keep the averaged weights
+  instead of the last ones.
 - ``warmup_reg`` (λ; optional, 0 = off): Shi et al. 2021's warm-up regularisers (interval-bound tightness and ReLU
   balance, :mod:`pipeline.train.warmup_reg`) on the whole batch's IBP pass, weighted ``λ · (1 − ε / target ε)``,
   so they act only while ε ramps.  Needs ``batch_domain: interval`` (they read its pre-activation bounds).
@@ -39,6 +42,7 @@ from pipeline.train.alpha import alpha_schedule
 from pipeline.train.mixtrain import AlphaMixedMethod, sample_indices
 from pipeline.train.registry import bool_param, int_param, number_param, register_method
 from pipeline.train.warmup_reg import ReluInputs, warmup_regularizer
+from pipeline.train.weight_avg import WeightEMA
 
 __all__ = ["MixTrainPlus", "ibp_init"]
 
@@ -86,6 +90,30 @@ class MixTrainPlus(AlphaMixedMethod):
             raise ValueError(f"mixtrain_plus warmup_reg: the regularisers read interval pre-activation bounds; expected "
                              f"batch_domain 'interval' with warmup_reg {self.warmup_reg!r}, got "
                              f"{params.get('batch_domain')!r}")
+
+        decay = number_param(params, "mixtrain_plus", "weight_ema", default=0.0)  # optional: 0 = off
+        if decay >= 1:
+            raise ValueError(f"mixtrain_plus weight_ema: expected 0 (off) or a decay in (0, 1), got {decay!r}")
+        self.ema = WeightEMA(decay) if decay > 0 else None
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.ema is not None:
+            self.ema.update(model)
+
+    def evaluation_weights(self, model: nn.Module):
+        return super().evaluation_weights(model) if self.ema is None else self.ema.swapped(model)
+
+    def finalize(self, model: nn.Module) -> None:
+        if self.ema is not None:
+            self.ema.copy_to(model)
+
+    def state_dict(self):
+        return {**super().state_dict(), **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def prepare_model(self, model: nn.Module) -> None:
         if self.init == "ibp":

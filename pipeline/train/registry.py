@@ -5,8 +5,9 @@ A method turns a batch into a loss; the :mod:`~pipeline.train.trainer` owns ever
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ContextManager, TypeVar
 
 import torch
 from torch import nn
@@ -27,7 +28,9 @@ class Method:
     example generation under bfloat16 autocast (:mod:`pipeline.utils.precision`); never the bounds of a verified
     or robust loss.  Logits are cast back to float32 before any loss.
     Subclasses implement :meth:`loss`; stateful ones (e.g. an adaptive α) also :meth:`end_epoch`,
-    :meth:`state_dict` and :meth:`load_state_dict` (plain numbers only, so checkpoints load with weights_only).
+    :meth:`state_dict` and :meth:`load_state_dict` (tensors and plain numbers only, so checkpoints load with
+    weights_only); one that keeps other weights than the last (an average) :meth:`after_step`,
+    :meth:`evaluation_weights` and :meth:`finalize`.
     """
     name: str = ""
     uses_eps: bool = True
@@ -53,6 +56,18 @@ class Method:
     def end_epoch(self, epoch: int, val_acc: float) -> dict[str, float]:
         """Called after each epoch with the validation accuracy; returns values to log."""
         return {}
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimiser step (e.g. to update an average of the weights).  Default: nothing."""
+
+    def evaluation_weights(self, model: nn.Module) -> ContextManager[Any]:
+        """Context in which ``model`` holds the weights the run would keep now, for the per-epoch validation
+        (e.g. averaged weights, restored to the trained ones on exit).  Default: the trained weights."""
+        return contextlib.nullcontext(model)
+
+    def finalize(self, model: nn.Module) -> None:
+        """Called once after the last epoch: put the weights the run keeps into ``model``.  Default: nothing (the
+        last trained weights)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state: tensors and plain numbers only (checkpoints load with weights_only=True)."""

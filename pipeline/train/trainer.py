@@ -14,10 +14,12 @@ kernels for the training loss; the per-epoch validation VRA is verification and 
 
 Time limit: a schedule's ``time_limit_min`` (params.yaml ``scales.<s>.schedule_overrides``) stops training once the
 wall time of the epochs (batches and per-epoch validation accuracy; not the validation VRA) reaches it, keeping the
-last weights (no best-on-validation selection); ``wall_time_s`` per epoch records it, and resume restores it.
+weights the method keeps (the last ones, or its running average of them: :meth:`Method.finalize`; no
+best-on-validation selection); ``wall_time_s`` per epoch records it, and resume restores it.
 
 Timing: ``batch_time_s`` is the median wall time of one optimiser step (loss, backward, step; CUDA synchronised);
-``train_time_s`` sums the epochs' training time and excludes validation.  After every epoch the first
+``train_time_s`` sums the epochs' training time and excludes validation.  After every epoch (with the weights the
+method would keep, :meth:`Method.evaluation_weights`) the validation accuracy is measured and the first
 ``val_vra_images`` validation images are certified at the target ε with the model's fixed ``vra_domains`` (Table V);
 that cost is recorded per epoch as ``val_vra_time_s``, outside the training time.  ``peak_mem_mb`` is the peak CUDA
 allocation on GPU, else the process's peak RSS (which includes the dataset in memory).
@@ -178,6 +180,7 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                method.after_step(model)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
@@ -196,13 +199,14 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         lr = opt.param_groups[0]["lr"]
         sched.step()
         train_time += epoch_time
-        val_acc = _accuracy(model, x_val, y_val, device)
-        wall_used += time.perf_counter() - epoch_wall0
+        with method.evaluation_weights(model):  # the weights the run would keep now (e.g. an average)
+            val_acc = _accuracy(model, x_val, y_val, device)
+            wall_used += time.perf_counter() - epoch_wall0
+            val_vra = _val_vra(model, x_val, y_val, cfg, device)
         entry = {"epoch": epoch + 1, "loss": statistics.fmean(losses), "val_acc": val_acc, "eps": eps,
                  "lr": lr, "train_time_s": train_time, "wall_time_s": wall_used,
                  **({"stopped_at_time_limit": True} if stopped else {}),
-                 **_val_vra(model, x_val, y_val, cfg, device),
-                 **method.end_epoch(epoch + 1, val_acc)}
+                 **val_vra, **method.end_epoch(epoch + 1, val_acc)}
         history.append(entry)
         vra = f" val_vra {entry['val_vra']:.4f}" if "val_vra" in entry else ""
         log(f"{cfg.train_id}: epoch {epoch + 1}/{sched_cfg['epochs']} loss {entry['loss']:.4f} "
@@ -216,6 +220,7 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
             if old.name != f"epoch_{epoch + 1:04d}.pt":
                 old.unlink(missing_ok=True)
 
+    method.finalize(model)  # the weights the run keeps: the last ones, or the method's average
     peak, peak_kind = _peak_mem_mb(device)
     return {"model": model, "history": history, "batch_time_s": statistics.median(step_times) if step_times else None,
             "train_time_s": train_time, "steps": len(step_times), "peak_mem_mb": peak, "peak_mem_kind": peak_kind,
