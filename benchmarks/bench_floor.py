@@ -11,7 +11,9 @@
    as the implementation does them (the window form of the symbolic relaxation, the centre/radius form of affine maps).
 3. Each step is timed (interleaved round-robin across settings, median of ``--reps``) and set against two floors:
    the FLOP floor (FLOPs / matmul peak: the computation's) and the eager floor (per op the max of its FLOPs / peak,
-   its bytes / bandwidth and the fixed cost of an op, summed: this op sequence's, run op by op).
+   its bytes / bandwidth and the fixed cost of an op, summed: this op sequence's, run op by op).  ``fl/nat`` and
+   ``eag/nat``: each floor over the natural step's, the "x natural" a step would show if both ran at their floors
+   (a target below them needs the step to run closer to its floor than the natural step does).
 
 Settings: natural (batch 50), interval/IBP (batch 50), symbolic_linear on 1 sample and on 20 (MixTrain's verified
 part for k = 1 and k = 20), backward_ibp / CROWN-IBP (batch 50).
@@ -84,11 +86,16 @@ def main() -> int:
         natural = statistics.median(times[(m, "natural", 50)])
         t = tallies[(m, d, b)]
         floors = t.floors(rates)
+        nat_floors = tallies[(m, "natural", 50)].floors(rates)
         rows.append({"model": m, "domain": d, "batch": b, "gflop": t.flops / 1e9, "mbytes": t.bytes / 1e6,
                      "ops": len(t.ops), "ms": med * 1000, "x_natural_b50": med / natural,
                      "floor_ms": floors["flop_floor_s"] * 1000, "x_floor": med / floors["flop_floor_s"],
                      "eager_floor_ms": floors["eager_floor_s"] * 1000,
-                     "x_eager_floor": med / floors["eager_floor_s"], "achieved_gflops": t.flops / med / 1e9})
+                     "x_eager_floor": med / floors["eager_floor_s"], "achieved_gflops": t.flops / med / 1e9,
+                     # the ratio to natural a step would have if both ran at their floors: what "x natural"
+                     # targets can be, unless this step runs closer to its floor than the natural step does
+                     "floor_x_natural": floors["flop_floor_s"] / nat_floors["flop_floor_s"],
+                     "eager_floor_x_natural": floors["eager_floor_s"] / nat_floors["eager_floor_s"]})
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "reps": args.reps, **rates, "rows": rows}))
         return 0
@@ -96,11 +103,13 @@ def main() -> int:
           f"{rates['matmul_gflops']:.0f} GFLOP/s, conv 64x64x3x3@32^2 b64 {rates['conv_gflops']:.0f} GFLOP/s, "
           f"in-cache bandwidth {rates['bandwidth_gbs']:.0f} GB/s, {rates['op_us']:.1f} us per eager op")
     print(f"{'model':12s} {'domain':16s} {'batch':>5s} {'GFLOP':>7s} {'MB':>7s} {'ops':>5s} {'ms':>7s} "
-          f"{'x nat50':>7s} {'flop fl':>7s} {'x fl':>6s} {'eager fl':>8s} {'x eager':>7s}")
+          f"{'x nat50':>7s} {'flop fl':>7s} {'x fl':>6s} {'eager fl':>8s} {'x eager':>7s} {'fl/nat':>6s} "
+          f"{'eag/nat':>7s}")
     for r in rows:
         print(f"{r['model']:12s} {r['domain']:16s} {r['batch']:5d} {r['gflop']:7.3f} {r['mbytes']:7.1f} "
               f"{r['ops']:5d} {r['ms']:7.1f} {r['x_natural_b50']:7.2f} {r['floor_ms']:7.2f} {r['x_floor']:6.1f} "
-              f"{r['eager_floor_ms']:8.2f} {r['x_eager_floor']:7.2f}")
+              f"{r['eager_floor_ms']:8.2f} {r['x_eager_floor']:7.2f} {r['floor_x_natural']:6.2f} "
+              f"{r['eager_floor_x_natural']:7.2f}")
     return 0
 
 

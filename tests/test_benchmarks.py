@@ -61,3 +61,32 @@ def test_bench_mixtrain_json_has_the_fields_a_script_checks():
         assert isinstance(r[key], float) and r[key] > 0, key
     # three samples' symbolic relaxation is more work than one, the natural batch the same
     assert r["k3_gflop"] > r["k1_gflop"] > r["natural_gflop"]
+
+
+def test_bench_floor_json_rows_carry_both_floors_and_their_ratio_to_natural():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_floor.py"), "--models", "MNIST_Small",
+                          "--reps", "1", "--threads", "1", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {(r["domain"], r["batch"]): r for r in json.loads(out.stdout)["rows"]}
+    nat = rows[("natural", 50)]
+    assert nat["floor_x_natural"] == pytest.approx(1.0) and nat["eager_floor_x_natural"] == pytest.approx(1.0)
+    for r in rows.values():
+        assert r["floor_x_natural"] == pytest.approx(r["floor_ms"] / nat["floor_ms"])
+        assert r["eager_floor_ms"] >= r["floor_ms"] * (1 - 1e-12)
+    # IBP does two affine passes per layer where the natural step does one: twice the FLOPs, to counting precision
+    assert rows[("interval", 50)]["floor_x_natural"] == pytest.approx(2.0, rel=0.05)
+    assert rows[("backward_ibp", 50)]["floor_x_natural"] > rows[("interval", 50)]["floor_x_natural"]
+
+
+def test_bench_compile_times_both_and_reports_a_dead_child_instead_of_dying():
+    script = str(ROOT / "benchmarks" / "bench_compile.py")
+    bad = subprocess.run([sys.executable, script, "--settings", "natural"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "domain:batch" in bad.stderr
+    out = subprocess.run([sys.executable, script, "--settings", "natural:8", "no_such_domain:8", "--reps", "1",
+                          "--threads", "1", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    natural, dead = json.loads(out.stdout)["rows"]
+    assert natural["eager_ms"] > 0 and natural["compiled_ms"] > 0 and natural["compile_s"] > 0
+    assert dead["returncode"] == 1 and "no_such_domain" in dead["error"]
