@@ -80,6 +80,9 @@ VARIANTS = {
                                              "alpha_rule": {"kind": "staircase", "start": 0.5, "step": 0.1, "max": 0.8,
                                                             "min": 0.5, "every": 1},
                                              "schedule": DEEP_DECAY}, 55),
+    # a shorter ε ramp than the recipe's third of the epochs (eps_ramp_half, longer, traded VRA for ACC at ε = 0.3)
+    "eps_ramp_sixth": ({"schedule": {"eps_ramp_frac": 1 / 6}}, 25),
+    "eps_ramp_twelfth": ({"schedule": {"eps_ramp_frac": 1 / 12}}, 25),
     # a higher floor for the dynamic α (more robust loss once ε has ramped; at ε = 0.3 the staircase rule sat at
     # 0.6-0.7, moved by the validation accuracy's noise): α in [0.8, 0.9] and in [0.9, 1.0] (CROWN-IBP's κ → 0)
     "alpha_min0.8": ({"alpha_rule": {"kind": "staircase", "start": 0.8, "step": 0.1, "max": 0.9, "min": 0.8,
