@@ -90,3 +90,10 @@ def test_bench_compile_times_both_and_reports_a_dead_child_instead_of_dying():
     natural, dead = json.loads(out.stdout)["rows"]
     assert natural["eager_ms"] > 0 and natural["compiled_ms"] > 0 and natural["compile_s"] > 0
     assert dead["returncode"] == 1 and "no_such_domain" in dead["error"]
+
+
+def test_ablation_script_names_an_unknown_domain_before_any_work():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate_mixtrain_plus.py"), "--evaluate",
+                          "missing.pt", "--domains", "interval", "no_such_domain"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "no_such_domain" in out.stderr and "backward_crown" in out.stderr
