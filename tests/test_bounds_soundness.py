@@ -316,3 +316,24 @@ def test_zoo_models_bounded_soundly(name):
     for d, (lb, ub) in bounds.items():
         tol = TOL32 * torch.maximum(lbi.abs(), ubi.abs()).clamp_min(1.0)
         assert (lb >= lbi - tol).all() and (ub <= ubi + tol).all(), f"{name}/{d} looser than interval"
+
+
+def test_interval_relu_is_clamp_min_with_one_op_backward():
+    """IntervalDomain.relu uses ``F.relu`` (a one-op backward) for ``clamp_min(0)``: the same values everywhere, the
+    same gradient away from exactly 0 (where either is a valid subgradient)."""
+    from pipeline.bounds import IntervalDomain
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.randn(64, 7, generator=gen, dtype=torch.float64)
+    lo[0, :3] = torch.tensor([0.0, -0.0, -1e-300], dtype=torch.float64)
+    hi = lo + torch.rand(64, 7, generator=gen, dtype=torch.float64)
+    for t in (lo, hi):
+        t.requires_grad_(True)
+    out = IntervalDomain(lo, hi).relu()
+    assert torch.equal(out.lo, lo.clamp_min(0)) and torch.equal(out.hi, hi.clamp_min(0))
+    g = torch.randn(64, 7, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((out.lo * g).sum() + (out.hi * g).sum(), (lo, hi))
+    want = torch.autograd.grad((lo.clamp_min(0) * g).sum() + (hi.clamp_min(0) * g).sum(), (lo, hi))
+    for a, b, x in zip(got, want, (lo, hi)):
+        nonzero = x.detach() != 0
+        assert torch.equal(a[nonzero], b[nonzero])
+        assert (a[~nonzero] == 0).all()

@@ -60,7 +60,10 @@ class IntervalDomain(RowDomain):
         return super().affine(scale, shift)
 
     def relu(self) -> "IntervalDomain":
-        return IntervalDomain(self.lo.clamp_min(0), self.hi.clamp_min(0))
+        """``F.relu`` rather than ``clamp_min(0)``: the same values, and its backward is one op (``clamp_min``'s is
+        three), 12% of an IBP training step on one thread (docs/performance.md).  At exactly 0 the gradient is 0
+        here where ``clamp_min`` passed it: a subgradient either way."""
+        return IntervalDomain(F.relu(self.lo), F.relu(self.hi))
 
     def add(self, other: "IntervalDomain") -> "IntervalDomain":
         return IntervalDomain(self.lo + other.lo, self.hi + other.hi)
