@@ -97,3 +97,9 @@ def test_ablation_script_names_an_unknown_domain_before_any_work():
                           "missing.pt", "--domains", "interval", "no_such_domain"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "no_such_domain" in out.stderr and "backward_crown" in out.stderr
+
+
+def test_ablation_script_full_test_set_only_certifies_a_given_model():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate_mixtrain_plus.py"), "--full-test-set",
+                          "--variants", "recipe"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "--full-test-set" in out.stderr and "--evaluate" in out.stderr
