@@ -117,6 +117,12 @@ VARIANTS = {
     "batch256": ({"schedule": {"batch_size": 256, "epochs": 60, "eps_ramp_epochs": 20, "lr_decay_every": 15}}, 25),
     "batch256_lr2e-3": ({"schedule": {"batch_size": 256, "epochs": 60, "eps_ramp_epochs": 20, "lr_decay_every": 15},
                          "optim": {"lr": 2e-3}}, 25),
+    # the better of the two again under another seed, and with 100 epochs (ramp 33, x0.6 every 25: batch 256 on two
+    # threads leaves room for them in 15 minutes)
+    "batch256_lr2e-3_seed1": ({"schedule": {"batch_size": 256, "epochs": 60, "eps_ramp_epochs": 20,
+                                            "lr_decay_every": 15}, "optim": {"lr": 2e-3}, "seed": 1}, 25),
+    "batch256_lr2e-3_epochs100": ({"schedule": {"batch_size": 256, "epochs": 100, "eps_ramp_epochs": 33,
+                                                "lr_decay_every": 25}, "optim": {"lr": 2e-3}}, 25),
 }
 
 
@@ -225,7 +231,8 @@ def main() -> int:
             if frac is not None:
                 sched_changes[key] = max(1, round(frac * epochs))
         sched.update(sched_changes)
-        epochs = sched["epochs"]  # a variant may set its own
+        epochs = sched["epochs"]  # a variant may set its own (and its batch size)
+        per_epoch = sched["batches_per_epoch"] or len(training_indices(len(data), base)[0]) // sched["batch_size"]
         cfg = dataclasses.replace(base, schedule=sched, method_params={**base.method_params, **changes},
                                   threads=args.threads, seed=seed, optim=optim)
         with tempfile.TemporaryDirectory() as d:
